@@ -1,0 +1,392 @@
+//! The model table: every loaded model version, published as one immutable
+//! snapshot and swapped atomically as a whole.
+//!
+//! Readers (the data-path cores, HTTP) take a snapshot with one atomic load and
+//! never lock. Writers (startup, SIGHUP reload, and later the registry sync)
+//! build a new snapshot beside the old one and swap it in: a request that
+//! resolved a version keeps its `Arc` until it finishes, so a swap never drops
+//! or fails an in-flight request.
+//!
+//! Architecture invariant: nothing here knows about sockets or frames. Per-version
+//! counters are plain atomics (relaxed), so the hot path pays nanoseconds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use edgeinfer_engine::Model;
+
+/// Per-model serving settings that the data path needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServingConfig {
+    /// Dynamic batching; `None` runs every request alone (lowest latency).
+    pub batching: Option<BatchConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most rows in one engine run.
+    pub max_batch: usize,
+    /// Longest a request waits for company before the batch runs anyway.
+    pub max_delay: Duration,
+}
+
+/// One loaded, warmed version of one model.
+#[derive(Debug)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: String,
+    pub model: Model,
+    pub serving: ServingConfig,
+    pub loaded_at: SystemTime,
+    /// Set once the version has run its sample input (warm).
+    pub ready: AtomicBool,
+    pub stats: VersionStats,
+}
+
+impl ModelVersion {
+    pub fn new(name: impl Into<String>, version: impl Into<String>, model: Model, serving: ServingConfig) -> Self {
+        ModelVersion {
+            name: name.into(),
+            version: version.into(),
+            model,
+            serving,
+            loaded_at: SystemTime::now(),
+            ready: AtomicBool::new(false),
+            stats: VersionStats::default(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+}
+
+/// How requests for a model are spread over its versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// Every request goes to this version (index into `ModelSlot::versions`).
+    Single(usize),
+    /// A/B: each routing key lands on one arm, chosen by a stable hash of the key so
+    /// the same key gets the same arm on every box and across restarts.
+    /// Arms are `(version index, weight)`; weights need not sum to anything.
+    Split(Vec<(usize, u32)>),
+}
+
+/// All versions of one model and how requests pick among them.
+#[derive(Debug, Clone)]
+pub struct ModelSlot {
+    pub name: String,
+    pub versions: Vec<Arc<ModelVersion>>,
+    pub routing: Routing,
+}
+
+impl ModelSlot {
+    pub fn single(version: Arc<ModelVersion>) -> Self {
+        ModelSlot { name: version.name.clone(), versions: vec![version], routing: Routing::Single(0) }
+    }
+
+    /// The version that serves requests without a routing key.
+    pub fn default_version(&self) -> &Arc<ModelVersion> {
+        let idx = match &self.routing {
+            Routing::Single(i) => *i,
+            Routing::Split(arms) => arms.first().map(|a| a.0).unwrap_or(0),
+        };
+        &self.versions[idx.min(self.versions.len() - 1)]
+    }
+
+    fn route(&self, routing_key: &[u8]) -> &Arc<ModelVersion> {
+        match &self.routing {
+            Routing::Single(_) => self.default_version(),
+            Routing::Split(arms) => {
+                let total: u64 = arms.iter().map(|a| a.1 as u64).sum();
+                if routing_key.is_empty() || total == 0 {
+                    return self.default_version();
+                }
+                let mut point = stable_hash(routing_key) % total;
+                for &(idx, weight) in arms {
+                    if point < weight as u64 {
+                        return &self.versions[idx.min(self.versions.len() - 1)];
+                    }
+                    point -= weight as u64;
+                }
+                self.default_version()
+            }
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: fixed across processes, machines and releases (unlike a
+/// randomly seeded hasher), which is what A/B assignment needs.
+pub fn stable_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Why a request could not be matched to a model version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    #[error("model {model:?} has no version {version:?} (loaded: {loaded})")]
+    UnknownVersion { model: String, version: String, loaded: String },
+}
+
+/// An immutable view of every model; replaced whole on change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Bumped on every swap, so per-core caches (sessions) know to refresh.
+    pub generation: u64,
+    pub models: BTreeMap<String, ModelSlot>,
+}
+
+impl Snapshot {
+    /// Pick the version for one request: a pinned version if given, else by routing key.
+    pub fn resolve(&self, model: &str, pin: Option<&str>, routing_key: &[u8]) -> Result<&Arc<ModelVersion>, ResolveError> {
+        let slot = self.models.get(model).ok_or_else(|| ResolveError::UnknownModel(model.to_owned()))?;
+        match pin {
+            Some(v) if !v.is_empty() => slot.versions.iter().find(|m| m.version == v).ok_or_else(|| {
+                ResolveError::UnknownVersion {
+                    model: model.to_owned(),
+                    version: v.to_owned(),
+                    loaded: slot.versions.iter().map(|m| m.version.as_str()).collect::<Vec<_>>().join(", "),
+                }
+            }),
+            _ => Ok(slot.route(routing_key)),
+        }
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<ModelVersion>> {
+        self.models.values().flat_map(|s| s.versions.iter())
+    }
+
+    /// Ready when every version is warm (and there is at least one model).
+    pub fn all_ready(&self) -> bool {
+        !self.models.is_empty() && self.versions().all(|v| v.is_ready())
+    }
+}
+
+/// The shared, atomically swapped table.
+#[derive(Debug, Default)]
+pub struct ModelTable {
+    current: ArcSwap<Snapshot>,
+}
+
+impl ModelTable {
+    pub fn new(snapshot: Snapshot) -> Self {
+        ModelTable { current: ArcSwap::from_pointee(snapshot) }
+    }
+
+    /// One atomic load; hold the returned `Arc` for the length of a request at most.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Swap in a new set of models; the generation is bumped here.
+    pub fn publish(&self, mut next: Snapshot) {
+        let cur = self.current.load();
+        next.generation = cur.generation + 1;
+        self.current.store(Arc::new(next));
+    }
+
+    /// Replace (or add) one model's slot, leaving the others as they are.
+    pub fn upsert(&self, slot: ModelSlot) {
+        self.current.rcu(|cur| {
+            let mut next = Snapshot::clone(cur);
+            next.generation = cur.generation + 1;
+            next.models.insert(slot.name.clone(), slot.clone());
+            next
+        });
+    }
+}
+
+// === impl VersionStats ===
+
+/// Outcome of one request, for the `status` label of the request counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    Ok = 0,
+    BadInput = 1,
+    Overloaded = 2,
+    DeadlineExceeded = 3,
+    EngineError = 4,
+    ShuttingDown = 5,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::BadInput,
+        Outcome::Overloaded,
+        Outcome::DeadlineExceeded,
+        Outcome::EngineError,
+        Outcome::ShuttingDown,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::BadInput => "bad_input",
+            Outcome::Overloaded => "overloaded",
+            Outcome::DeadlineExceeded => "deadline_exceeded",
+            Outcome::EngineError => "engine_error",
+            Outcome::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Counters and histograms for one model version. Lock-free: relaxed atomics.
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    pub requests: [AtomicU64; Outcome::ALL.len()],
+    pub rows: AtomicU64,
+    /// Time from the request's arrival to its response being queued for writing.
+    pub latency: AtomicHistogram,
+    /// Time spent waiting before the engine started (batching, busy core).
+    pub queue: AtomicHistogram,
+    /// Engine run time.
+    pub compute: AtomicHistogram,
+    /// Rows per engine run.
+    pub batch_rows: CountHistogram,
+}
+
+impl VersionStats {
+    pub fn record(&self, outcome: Outcome) {
+        self.requests[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].load(Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.requests.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.total() - self.count(Outcome::Ok)
+    }
+}
+
+/// Upper bounds (seconds) of the latency buckets, Prometheus-style; the last bucket is +Inf.
+pub const LATENCY_BOUNDS_S: [f64; 18] = [
+    5e-6, 10e-6, 15e-6, 20e-6, 30e-6, 50e-6, 75e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3,
+    500e-3, 1.0,
+];
+const LATENCY_BOUNDS_NS: [u64; 18] = {
+    let mut out = [0u64; 18];
+    let mut i = 0;
+    while i < 18 {
+        out[i] = (LATENCY_BOUNDS_S[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// A fixed-bucket latency histogram that many threads record into without locks.
+#[derive(Debug, Default)]
+pub struct AtomicHistogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_S.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let idx = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.buckets[idx].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Cumulative counts per bound (then +Inf), and the sum in seconds.
+    pub fn cumulative(&self) -> (Vec<u64>, f64) {
+        let mut acc = 0;
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Relaxed);
+                acc
+            })
+            .collect();
+        (counts, self.sum_ns.load(Relaxed) as f64 / 1e9)
+    }
+}
+
+/// Upper bounds of the rows-per-run buckets; the last bucket is +Inf.
+pub const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// A fixed-bucket histogram of small counts (batch sizes).
+#[derive(Debug, Default)]
+pub struct CountHistogram {
+    buckets: [AtomicU64; BATCH_BOUNDS.len() + 1],
+    sum: AtomicU64,
+}
+
+impl CountHistogram {
+    pub fn observe(&self, n: u64) {
+        let idx = BATCH_BOUNDS.partition_point(|&b| b < n);
+        self.buckets[idx].fetch_add(1, Relaxed);
+        self.sum.fetch_add(n, Relaxed);
+    }
+
+    pub fn cumulative(&self) -> (Vec<u64>, u64) {
+        let mut acc = 0;
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Relaxed);
+                acc
+            })
+            .collect();
+        (counts, self.sum.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_hash_is_fixed() {
+        // Fixed values: A/B assignment must never change across builds or restarts.
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash(b"customer-42"), stable_hash(b"customer-42"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = AtomicHistogram::default();
+        h.observe(Duration::from_micros(3));
+        h.observe(Duration::from_micros(12));
+        h.observe(Duration::from_secs(5));
+        let (c, sum) = h.cumulative();
+        assert_eq!(c[0], 1); // ≤ 5 µs
+        assert_eq!(c[2], 2); // ≤ 15 µs
+        assert_eq!(c[LATENCY_BOUNDS_S.len() - 1], 2); // ≤ 1 s
+        assert_eq!(*c.last().unwrap(), 3); // +Inf
+        assert!((sum - 5.000015).abs() < 1e-9);
+    }
+
+    #[test]
+    fn batch_histogram() {
+        let h = CountHistogram::default();
+        h.observe(1);
+        h.observe(3);
+        h.observe(1000);
+        let (c, sum) = h.cumulative();
+        assert_eq!(c[0], 1);
+        assert_eq!(c[2], 2);
+        assert_eq!(*c.last().unwrap(), 3);
+        assert_eq!(sum, 1004);
+    }
+}
