@@ -47,7 +47,12 @@ pub struct ModelVersion {
 }
 
 impl ModelVersion {
-    pub fn new(name: impl Into<String>, version: impl Into<String>, model: Model, serving: ServingConfig) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        version: impl Into<String>,
+        model: Model,
+        serving: ServingConfig,
+    ) -> Self {
         ModelVersion {
             name: name.into(),
             version: version.into(),
@@ -85,7 +90,11 @@ pub struct ModelSlot {
 
 impl ModelSlot {
     pub fn single(version: Arc<ModelVersion>) -> Self {
-        ModelSlot { name: version.name.clone(), versions: vec![version], routing: Routing::Single(0) }
+        ModelSlot {
+            name: version.name.clone(),
+            versions: vec![version],
+            routing: Routing::Single(0),
+        }
     }
 
     /// The version that serves requests without a routing key.
@@ -135,7 +144,11 @@ pub enum ResolveError {
     #[error("unknown model {0:?}")]
     UnknownModel(String),
     #[error("model {model:?} has no version {version:?} (loaded: {loaded})")]
-    UnknownVersion { model: String, version: String, loaded: String },
+    UnknownVersion {
+        model: String,
+        version: String,
+        loaded: String,
+    },
 }
 
 /// An immutable view of every model; replaced whole on change.
@@ -148,16 +161,32 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Pick the version for one request: a pinned version if given, else by routing key.
-    pub fn resolve(&self, model: &str, pin: Option<&str>, routing_key: &[u8]) -> Result<&Arc<ModelVersion>, ResolveError> {
-        let slot = self.models.get(model).ok_or_else(|| ResolveError::UnknownModel(model.to_owned()))?;
+    pub fn resolve(
+        &self,
+        model: &str,
+        pin: Option<&str>,
+        routing_key: &[u8],
+    ) -> Result<&Arc<ModelVersion>, ResolveError> {
+        let slot = self
+            .models
+            .get(model)
+            .ok_or_else(|| ResolveError::UnknownModel(model.to_owned()))?;
         match pin {
-            Some(v) if !v.is_empty() => slot.versions.iter().find(|m| m.version == v).ok_or_else(|| {
-                ResolveError::UnknownVersion {
-                    model: model.to_owned(),
-                    version: v.to_owned(),
-                    loaded: slot.versions.iter().map(|m| m.version.as_str()).collect::<Vec<_>>().join(", "),
-                }
-            }),
+            Some(v) if !v.is_empty() => {
+                slot.versions
+                    .iter()
+                    .find(|m| m.version == v)
+                    .ok_or_else(|| ResolveError::UnknownVersion {
+                        model: model.to_owned(),
+                        version: v.to_owned(),
+                        loaded: slot
+                            .versions
+                            .iter()
+                            .map(|m| m.version.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
+            }
             _ => Ok(slot.route(routing_key)),
         }
     }
@@ -180,12 +209,20 @@ pub struct ModelTable {
 
 impl ModelTable {
     pub fn new(snapshot: Snapshot) -> Self {
-        ModelTable { current: ArcSwap::from_pointee(snapshot) }
+        ModelTable {
+            current: ArcSwap::from_pointee(snapshot),
+        }
     }
 
     /// One atomic load; hold the returned `Arc` for the length of a request at most.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// One atomic load that leaves the reference count alone: for the data path, which
+    /// checks the generation on every request. Drop it before any `.await`.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
     }
 
     /// Swap in a new set of models; the generation is bumped here.
@@ -277,8 +314,8 @@ impl VersionStats {
 
 /// Upper bounds (seconds) of the latency buckets, Prometheus-style; the last bucket is +Inf.
 pub const LATENCY_BOUNDS_S: [f64; 18] = [
-    5e-6, 10e-6, 15e-6, 20e-6, 30e-6, 50e-6, 75e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3,
-    500e-3, 1.0,
+    5e-6, 10e-6, 15e-6, 20e-6, 30e-6, 50e-6, 75e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
+    10e-3, 25e-3, 100e-3, 500e-3, 1.0,
 ];
 const LATENCY_BOUNDS_NS: [u64; 18] = {
     let mut out = [0u64; 18];

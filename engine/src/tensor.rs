@@ -20,7 +20,14 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [DType::F32, DType::F64, DType::I64, DType::I32, DType::U8, DType::Bool];
+    pub const ALL: [DType; 6] = [
+        DType::F32,
+        DType::F64,
+        DType::I64,
+        DType::I32,
+        DType::U8,
+        DType::Bool,
+    ];
 
     /// Size of one element in bytes.
     pub const fn size(self) -> usize {
@@ -113,7 +120,11 @@ pub struct TensorView<'a> {
 }
 
 impl<'a> TensorView<'a> {
-    pub fn new(dtype: DType, shape: &'a [usize], data: &'a [u8]) -> Result<Self, crate::EngineError> {
+    pub fn new(
+        dtype: DType,
+        shape: &'a [usize],
+        data: &'a [u8],
+    ) -> Result<Self, crate::EngineError> {
         let elems = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         match elems.and_then(|e| e.checked_mul(dtype.size())) {
             Some(n) if n == data.len() => Ok(TensorView { dtype, shape, data }),
@@ -125,7 +136,11 @@ impl<'a> TensorView<'a> {
     }
 
     pub fn from_f32(shape: &'a [usize], data: &'a [f32]) -> Self {
-        TensorView { dtype: DType::F32, shape, data: bytemuck::cast_slice(data) }
+        TensorView {
+            dtype: DType::F32,
+            shape,
+            data: bytemuck::cast_slice(data),
+        }
     }
 
     pub fn elems(&self) -> usize {
@@ -159,10 +174,22 @@ impl OutputTensor {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         let d = &self.data;
         match self.dtype {
-            Some(DType::F32) => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Some(DType::F64) => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-            Some(DType::I64) => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Some(DType::I32) => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Some(DType::F32) => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Some(DType::F64) => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Some(DType::I64) => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Some(DType::I32) => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             Some(DType::U8) | Some(DType::Bool) => d.iter().map(|&b| b as f64).collect(),
             None => Vec::new(),
         }
@@ -182,7 +209,11 @@ impl Outputs {
             tensors: info
                 .outputs
                 .iter()
-                .map(|s| OutputTensor { name: s.name.clone(), dtype: Some(s.dtype), ..Default::default() })
+                .map(|s| OutputTensor {
+                    name: s.name.clone(),
+                    dtype: Some(s.dtype),
+                    ..Default::default()
+                })
                 .collect(),
         }
     }

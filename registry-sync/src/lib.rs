@@ -58,27 +58,57 @@ pub struct SourceError {
 
 /// Read a model version from a local file.
 pub fn read_local(name: &str, version: &str, path: &Path) -> Result<ModelArtifact, SourceError> {
-    let err = |kind, message: String| SourceError { kind, name: name.to_owned(), message };
+    let err = |kind, message: String| SourceError {
+        kind,
+        name: name.to_owned(),
+        message,
+    };
     let meta = std::fs::metadata(path).map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Io
+        };
         err(kind, format!("cannot read {}: {e}", path.display()))
     })?;
     if meta.len() > MAX_MODEL_BYTES {
         return Err(err(
             ErrorKind::TooLarge,
-            format!("{} is {} bytes; the limit is {MAX_MODEL_BYTES}", path.display(), meta.len()),
+            format!(
+                "{} is {} bytes; the limit is {MAX_MODEL_BYTES}",
+                path.display(),
+                meta.len()
+            ),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| err(ErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        err(
+            ErrorKind::Io,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
     if bytes.is_empty() {
-        return Err(err(ErrorKind::Empty, format!("{} is empty", path.display())));
+        return Err(err(
+            ErrorKind::Empty,
+            format!("{} is empty", path.display()),
+        ));
     }
-    Ok(ModelArtifact { name: name.to_owned(), version: version.to_owned(), bytes, origin: Origin::File(path.to_owned()) })
+    Ok(ModelArtifact {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        bytes,
+        origin: Origin::File(path.to_owned()),
+    })
 }
 
 /// The compiled-in demo model as an artifact.
 pub fn embedded(name: &str, version: &str, bytes: &'static [u8]) -> ModelArtifact {
-    ModelArtifact { name: name.to_owned(), version: version.to_owned(), bytes: bytes.to_vec(), origin: Origin::Embedded }
+    ModelArtifact {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        bytes: bytes.to_vec(),
+        origin: Origin::Embedded,
+    }
 }
 
 #[cfg(test)]

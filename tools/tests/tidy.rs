@@ -3,11 +3,16 @@
 use std::path::{Path, PathBuf};
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tools/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tools/ has a parent")
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -26,10 +31,23 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn sources() -> Vec<PathBuf> {
     let root = workspace_root();
     let mut files = Vec::new();
-    for krate in ["proto", "client", "engine", "daemon", "registry-sync", "tools", "fuzz"] {
+    for krate in [
+        "proto",
+        "client",
+        "engine",
+        "daemon",
+        "registry-sync",
+        "tools",
+        "fuzz",
+    ] {
         rust_files(&root.join(krate), &mut files);
     }
-    assert!(files.len() > 10, "found only {} Rust files under {}", files.len(), root.display());
+    assert!(
+        files.len() > 10,
+        "found only {} Rust files under {}",
+        files.len(),
+        root.display()
+    );
     files
 }
 
@@ -40,11 +58,18 @@ fn every_module_has_a_doc_line() {
         .into_iter()
         .filter(|p| {
             let text = std::fs::read_to_string(p).unwrap_or_default();
-            !text.lines().find(|l| !l.trim().is_empty()).is_some_and(|l| l.starts_with("//!"))
+            !text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .is_some_and(|l| l.starts_with("//!"))
         })
         .map(|p| p.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "modules without a leading `//!` line:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "modules without a leading `//!` line:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// No test is switched off or passes by panicking (brief: honest tests).
@@ -60,5 +85,9 @@ fn no_ignored_or_should_panic_tests() {
         })
         .map(|p| p.display().to_string())
         .collect();
-    assert!(bad.is_empty(), "ignored or should_panic tests in:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "ignored or should_panic tests in:\n{}",
+        bad.join("\n")
+    );
 }

@@ -1,0 +1,404 @@
+//! The HTTP side of the daemon: health (`/healthz`, `/readyz`), Prometheus `/metrics`, the
+//! KServe v2 REST protocol (`/v2/…`, with the binary-tensor extension) and the compatibility
+//! `POST /predict` of the FastAPI server it replaces.
+//!
+//! Architecture invariant: HTTP runs on its own thread with its own single-threaded tokio
+//! runtime, never on a data-path core. It reaches the data path only through the model table
+//! (one atomic load per request) and relaxed counters, and runs inference on its own engine
+//! sessions (one per model version), so HTTP load cannot stall a core.
+
+mod infer;
+mod kserve;
+mod predict;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::config::Config;
+use crate::model_table::{AtomicHistogram, ModelTable, LATENCY_BOUNDS_S};
+use crate::security::Token;
+use crate::server::ServerStats;
+
+pub use infer::SessionCache;
+
+/// Why the HTTP server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("binding HTTP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP auth token: {0}")]
+    Token(#[from] crate::security::TokenError),
+    #[error("starting the HTTP thread: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The running HTTP server.
+pub struct HttpHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in progress finish, and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpHandle {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Binds `http.listen` from the config (`Ok(None)` when HTTP is off). Separate from
+/// [`spawn`] so `main` can bind everything before starting anything, and so a listener from
+/// systemd socket activation can be passed instead.
+pub fn bind(cfg: &Config) -> Result<Option<TcpListener>, HttpError> {
+    let Some(addr) = cfg.http.listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .map(Some)
+        .map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// Starts the HTTP server on `listener`, on its own thread and runtime. `server` adds the
+/// data path's counters to `/metrics` when given.
+pub fn spawn(
+    cfg: &Config,
+    table: Arc<ModelTable>,
+    server: Option<Arc<ServerStats>>,
+    listener: TcpListener,
+) -> Result<HttpHandle, HttpError> {
+    let token = cfg
+        .http
+        .auth_token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()?;
+    let state = Arc::new(HttpState {
+        table,
+        server,
+        token,
+        predict_model: cfg.predict_model(),
+        allow_non_finite: cfg.engine.allow_non_finite,
+        sessions: Mutex::new(SessionCache::default()),
+        stats: HttpStats::default(),
+    });
+    let router = router(state, cfg.http.max_body_bytes);
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let thread = std::thread::Builder::new()
+        .name("edgeinfer-http".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!("HTTP server stopped: {e}");
+                }
+            });
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the HTTP thread exited while starting"))??;
+    Ok(HttpHandle {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+// === State ===
+
+pub(crate) struct HttpState {
+    pub table: Arc<ModelTable>,
+    pub server: Option<Arc<ServerStats>>,
+    pub token: Option<Token>,
+    pub predict_model: String,
+    pub allow_non_finite: bool,
+    pub sessions: Mutex<SessionCache>,
+    pub stats: HttpStats,
+}
+
+/// HTTP requests by route and status, and latency by route.
+#[derive(Default)]
+pub(crate) struct HttpStats {
+    by_route: Mutex<BTreeMap<String, RouteStats>>,
+}
+
+#[derive(Default)]
+struct RouteStats {
+    codes: BTreeMap<u16, u64>,
+    latency: AtomicHistogram,
+}
+
+impl HttpStats {
+    fn record(&self, route: &str, status: u16, elapsed: std::time::Duration) {
+        let mut m = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
+        let r = m.entry(route.to_owned()).or_default();
+        *r.codes.entry(status).or_default() += 1;
+        r.latency.observe(elapsed);
+    }
+
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP edgeinfer_http_requests_total HTTP requests by route and status code.\n\
+             # TYPE edgeinfer_http_requests_total counter"
+        );
+        for (route, r) in m.iter() {
+            for (code, n) in &r.codes {
+                let _ = writeln!(
+                    out,
+                    "edgeinfer_http_requests_total{{route=\"{}\",code=\"{code}\"}} {n}",
+                    crate::metrics::escape(route)
+                );
+            }
+        }
+        let name = "edgeinfer_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP request handling time by route.\n# TYPE {name} histogram"
+        );
+        for (route, r) in m.iter() {
+            let route = crate::metrics::escape(route);
+            let (counts, sum) = r.latency.cumulative();
+            for (bound, c) in LATENCY_BOUNDS_S.iter().zip(&counts) {
+                let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {c}");
+            }
+            let total = counts.last().copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}"
+            );
+            let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {total}");
+        }
+    }
+}
+
+// === Errors ===
+
+/// An HTTP error answer: a status and `{"error": "…"}` (the KServe v2 error shape).
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<crate::model_table::ResolveError> for ApiError {
+    fn from(e: crate::model_table::ResolveError) -> ApiError {
+        ApiError::not_found(e.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> ApiError {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+// === Router ===
+
+fn router(state: Arc<HttpState>, max_body: usize) -> Router {
+    // Health stays open without the token: probes and load balancers have none, and it
+    // tells nothing beyond up/ready.
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/health", get(predict::health))
+        .route("/v2/health/live", get(healthz))
+        .route("/v2/health/ready", get(readyz));
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v2", get(kserve::server_metadata))
+        .route("/v2/models/{name}", get(kserve::model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(kserve::model_metadata_v),
+        )
+        .route("/v2/models/{name}/ready", get(kserve::model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(kserve::model_ready_v),
+        )
+        .route("/v2/models/{name}/config", get(kserve::model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(kserve::model_config_v),
+        )
+        .route("/v2/models/{name}/infer", post(kserve::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(kserve::infer_v),
+        )
+        .route("/predict", post(predict::predict))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ));
+    open.merge(guarded)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if !token.matches_bearer(presented) {
+            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+async fn observe(State(state): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(unmatched)", |m| m.as_str())
+        .to_owned();
+    let resp = next.run(req).await;
+    state
+        .stats
+        .record(&route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "live" }))
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let snap = state.table.snapshot();
+    if snap.all_ready() {
+        return Json(serde_json::json!({ "status": "ready" })).into_response();
+    }
+    let waiting: Vec<String> = snap
+        .versions()
+        .filter(|v| !v.is_ready())
+        .map(|v| format!("{}@{}", v.name, v.version))
+        .collect();
+    let msg = if snap.models.is_empty() {
+        "no models loaded".to_owned()
+    } else {
+        format!("not ready: {}", waiting.join(", "))
+    };
+    ApiError::unavailable(msg).into_response()
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let snap = state.table.snapshot();
+    let mut text = String::with_capacity(32 << 10);
+    crate::metrics::render_into(&mut text, &snap, state.server.as_deref());
+    state.stats.render(&mut text);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}

@@ -1,0 +1,12 @@
+//! edgeinferd as a library: the app is built from listeners handed in, so tests and
+//! systemd socket activation pass their own.
+
+pub mod app;
+pub mod config;
+pub mod heartbeat;
+pub mod http;
+pub mod metrics;
+pub mod model_table;
+pub mod security;
+pub mod server;
+pub mod systemd;

@@ -1,0 +1,364 @@
+//! One client connection: a reader that cuts frames out of pooled aligned buffers and hands
+//! them to the core, and a writer that sends answers as they are ready (in any order,
+//! matched by request id) with vectored writes.
+//!
+//! Bounded by construction: at most `max_in_flight` admitted requests per connection, the
+//! reader pauses while that many answers wait to be written, and a frame must arrive whole
+//! within the read timeout (the core's ticker closes slow or idle connections).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use edgeinfer_proto::{peek_request_id, Header, HEADER_LEN};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+
+use super::buf::{FrameBuf, CHUNK};
+use super::core::{Core, FrameAction, Job};
+use super::notify::Notify;
+use super::response::{Response, WriteBatch};
+
+/// Why the server ended a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kill {
+    /// A frame did not arrive whole within the read timeout (slow-loris).
+    SlowFrame,
+    Idle,
+    /// The client stopped reading answers.
+    StalledWriter,
+    /// Writing failed: the client is gone.
+    WriteFailed,
+    /// Shutdown's grace period ran out.
+    Shutdown,
+}
+
+pub(crate) struct Conn {
+    pub core: Rc<Core>,
+    fd: RawFd,
+    /// False once the socket is closed, so the fd number (possibly reused) is never touched.
+    fd_open: Cell<bool>,
+    out: RefCell<VecDeque<Response>>,
+    writer_wake: Notify,
+    reader_wake: Notify,
+    in_flight: Cell<usize>,
+    reading_done: Cell<bool>,
+    /// Answers are dropped from here on (client gone or connection killed).
+    broken: Cell<bool>,
+    killed: Cell<Option<Kill>>,
+    /// When the first byte of a frame not yet complete arrived.
+    partial_since: Cell<Option<Instant>>,
+    last_activity: Cell<Instant>,
+    writing_since: Cell<Option<Instant>>,
+}
+
+impl Conn {
+    fn new(core: Rc<Core>, fd: RawFd) -> Conn {
+        Conn {
+            core,
+            fd,
+            fd_open: Cell::new(true),
+            out: RefCell::new(VecDeque::new()),
+            writer_wake: Notify::default(),
+            reader_wake: Notify::default(),
+            in_flight: Cell::new(0),
+            reading_done: Cell::new(false),
+            broken: Cell::new(false),
+            killed: Cell::new(None),
+            partial_since: Cell::new(None),
+            last_activity: Cell::new(Instant::now()),
+            writing_since: Cell::new(None),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.get()
+    }
+
+    pub fn job_started(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    pub fn job_finished(&self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        if self.reading_done.get() && self.in_flight.get() == 0 {
+            self.writer_wake.notify();
+        }
+    }
+
+    /// Queues an answer for writing (or drops it if nobody will read it).
+    pub fn push(&self, r: Response) {
+        if self.broken.get() {
+            self.core.recycle(r);
+            return;
+        }
+        self.out.borrow_mut().push_back(r);
+        self.writer_wake.notify();
+    }
+
+    /// Ends the connection from the server side: answers are dropped and both directions
+    /// shut, which wakes a reader or writer blocked in the kernel.
+    pub fn kill(&self, why: Kill) {
+        if self.killed.get().is_none() {
+            self.killed.set(Some(why));
+            if matches!(why, Kill::SlowFrame | Kill::Idle | Kill::StalledWriter) {
+                self.core
+                    .shared
+                    .stats
+                    .connections_timed_out
+                    .fetch_add(1, Relaxed);
+            }
+            tracing::debug!(?why, "closing a connection");
+        }
+        self.broken.set(true);
+        if self.fd_open.get() {
+            // SAFETY: the fd belongs to this live connection (fd_open).
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+        self.reader_wake.notify();
+        self.writer_wake.notify();
+    }
+
+    /// Stops reading new requests (shutdown): queued ones are still answered.
+    pub fn stop_reading(&self) {
+        if self.fd_open.get() && !self.reading_done.get() {
+            // SAFETY: as in `kill`.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RD) };
+        }
+        self.reader_wake.notify();
+    }
+
+    /// The ticker's check: is this connection too slow or idle?
+    pub fn overdue(&self, now: Instant) -> Option<Kill> {
+        let opts = self.core.opts();
+        if self.broken.get() {
+            return None;
+        }
+        if let Some(t) = self.partial_since.get() {
+            if now.saturating_duration_since(t) > opts.read_timeout {
+                return Some(Kill::SlowFrame);
+            }
+        }
+        if let Some(t) = self.writing_since.get() {
+            if now.saturating_duration_since(t) > opts.idle_timeout {
+                return Some(Kill::StalledWriter);
+            }
+        }
+        let quiet = self.partial_since.get().is_none()
+            && self.in_flight.get() == 0
+            && self.out.borrow().is_empty()
+            && self.writing_since.get().is_none();
+        if quiet && now.saturating_duration_since(self.last_activity.get()) > opts.idle_timeout {
+            return Some(Kill::Idle);
+        }
+        None
+    }
+}
+
+/// Decrements the open-connection gauges however the connection ends (even if the runtime
+/// is dropped with the task still pending).
+struct OpenGuard {
+    core: Rc<Core>,
+    key: usize,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let stats = &self.core.shared.stats;
+        stats.connections_open.fetch_sub(1, Relaxed);
+        stats.cores[self.core.index]
+            .connections_open
+            .fetch_sub(1, Relaxed);
+        if let Ok(mut conns) = self.core.conns.try_borrow_mut() {
+            if let Some(c) = conns.try_remove(self.key) {
+                c.fd_open.set(false);
+            }
+        }
+        self.core.conns_changed.notify();
+    }
+}
+
+/// Serves one accepted connection until it closes. The caller has counted it as open.
+pub(crate) async fn serve<S>(stream: S, core: Rc<Core>)
+where
+    S: AsyncReadRent + AsyncWriteRent + monoio::io::Split + AsRawFd + 'static,
+{
+    let conn = Rc::new(Conn::new(core.clone(), stream.as_raw_fd()));
+    let key = core.conns.borrow_mut().insert(conn.clone());
+    core.shared.stats.cores[core.index]
+        .connections_open
+        .fetch_add(1, Relaxed);
+    let _guard = OpenGuard {
+        core: core.clone(),
+        key,
+    };
+    if core.shutting_down.get() {
+        conn.stop_reading();
+    }
+    let (mut rd, wr) = stream.into_split();
+    let writer = monoio::spawn(write_loop(wr, conn.clone()));
+    read_loop(&mut rd, &conn).await;
+    conn.reading_done.set(true);
+    conn.writer_wake.notify();
+    writer.await;
+    conn.fd_open.set(false);
+    // `rd` and the writer's half drop here: the socket closes.
+}
+
+async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
+    let core = conn.core.clone();
+    let limits = core.opts().limits;
+    let max_queued = limits.max_in_flight.max(1) as usize;
+    let mut buf = FrameBuf::take(CHUNK);
+    let mut now = Instant::now();
+    loop {
+        // Every whole frame in the buffer.
+        let mut start = 0;
+        loop {
+            let avail = buf.len() - start;
+            if avail < HEADER_LEN {
+                break;
+            }
+            let header = match Header::decode_with(&buf[start..], &limits) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Framing is lost: answer once and close.
+                    let id = peek_request_id(&buf[start..]).unwrap_or(0);
+                    conn.push(core.error_response(id, e.kind(), &e.to_string()));
+                    return;
+                }
+            };
+            let len = header.frame_len() as usize;
+            if avail < len {
+                break;
+            }
+            let body = &buf[start + HEADER_LEN..start + len];
+            match core.on_frame(conn, &header, body, now) {
+                FrameAction::Done => {}
+                FrameAction::Close => return,
+                FrameAction::Admit(parts) => {
+                    let frame = if start == 0 && len == buf.len() {
+                        // The frame is all the buffer holds: hand the buffer over as is.
+                        // The next buffer is as big, so a client that keeps sending large
+                        // frames keeps getting them handed over without a copy.
+                        std::mem::replace(&mut buf, FrameBuf::take(len.max(CHUNK)))
+                    } else {
+                        FrameBuf::copy_of(&buf[start..start + len])
+                    };
+                    core.enqueue(Job {
+                        conn: conn.clone(),
+                        frame,
+                        p: parts,
+                    });
+                    if buf.is_empty() {
+                        start = 0;
+                        break;
+                    }
+                }
+            }
+            start += len;
+        }
+        if start > 0 {
+            buf.keep_range(start);
+        }
+        // How much to read next: up to the end of a large frame exactly (so it arrives
+        // alone and is handed over without a copy), else as much as fits.
+        let need = if buf.len() >= HEADER_LEN {
+            Header::decode_with(&buf, &limits)
+                .map(|h| h.frame_len() as usize)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if need > buf.capacity() {
+            let mut bigger = FrameBuf::take(need);
+            bigger.extend_from(&buf);
+            buf = bigger;
+        }
+        let end = if need > CHUNK { need } else { buf.capacity() };
+        if buf.is_empty() {
+            conn.partial_since.set(None);
+        } else if conn.partial_since.get().is_none() {
+            conn.partial_since.set(Some(now));
+        }
+        // Backpressure: a client that does not read its answers stops being read.
+        while conn.out.borrow().len() >= max_queued && !conn.broken.get() {
+            conn.reader_wake.wait().await;
+        }
+        if conn.broken.get() {
+            return;
+        }
+        let filled = buf.len();
+        let (res, slice) = rd.read(buf.slice_mut(filled..end)).await;
+        buf = slice.into_inner();
+        now = Instant::now();
+        conn.last_activity.set(now);
+        match res {
+            Ok(0) => {
+                if !buf.is_empty() && conn.killed.get().is_none() {
+                    tracing::debug!(bytes = buf.len(), "client closed the connection mid-frame");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("read failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWriteRent>(mut wr: W, conn: Rc<Conn>) {
+    let core = conn.core.clone();
+    let mut batch = WriteBatch::new();
+    loop {
+        if conn.out.borrow().is_empty() {
+            if conn.broken.get() || (conn.reading_done.get() && conn.in_flight.get() == 0) {
+                break;
+            }
+            conn.writer_wake.wait().await;
+            continue;
+        }
+        batch.fill(&mut conn.out.borrow_mut());
+        conn.reader_wake.notify();
+        conn.writing_since.set(Some(Instant::now()));
+        let mut failed = false;
+        loop {
+            let (res, b) = wr.writev(batch).await;
+            batch = b;
+            match res {
+                Ok(0) => failed = true,
+                Ok(n) if !batch.advance(n) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("write failed: {e}");
+                    failed = true;
+                }
+            }
+            break;
+        }
+        conn.writing_since.set(None);
+        conn.last_activity.set(Instant::now());
+        batch.drain(|r| core.recycle(r));
+        if failed {
+            conn.kill(Kill::WriteFailed);
+            break;
+        }
+    }
+    // Whatever is left will never be written.
+    let left: Vec<Response> = conn.out.borrow_mut().drain(..).collect();
+    for r in left {
+        core.recycle(r);
+    }
+    if !conn.broken.get() {
+        let _ = wr.shutdown().await;
+    }
+}

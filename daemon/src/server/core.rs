@@ -1,0 +1,1063 @@
+//! One core's serving state: its engine sessions (one per model version, refreshed when the
+//! model table's generation changes), its bounded run queue, per-model dynamic batching, and
+//! the answers it encodes.
+//!
+//! Everything here runs on the core's own thread; engine runs are synchronous and never
+//! hold a `RefCell` borrow across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgeinfer_engine::{
+    validate_inputs, Dim, ErrorKind as EngineErrorKind, Outputs, Session, TensorView,
+};
+use edgeinfer_proto::{
+    self as proto, decode_message, decode_predict_with, encode_error, encode_message,
+    encode_predict_response_head, negotiate, ErrorCode, Header, HealthResponse, Hello,
+    HelloResponse, MetadataRequest, ModelMetadata, ModelStatus, Opcode, PredictRequest,
+    PredictResponse, TensorSpecMsg,
+};
+use smallvec::SmallVec;
+
+use super::buf::FrameBuf;
+use super::conn::Conn;
+use super::notify::{Latch, Notify};
+use super::response::Response;
+use super::{ServerOptions, ServerStats};
+use crate::heartbeat::Heartbeats;
+use crate::model_table::{ModelTable, ModelVersion, Outcome, Snapshot};
+
+const _: () = assert!(
+    std::mem::size_of::<usize>() == 8,
+    "tensor shapes are viewed as u64 and usize alike"
+);
+
+/// Engine outputs and answers kept per model / per core for reuse.
+const OUTPUTS_POOL_MAX: usize = 256;
+const RESPONSE_POOL_MAX: usize = 4096;
+/// Hint for clients that got OVERLOADED or TOO_MANY_IN_FLIGHT.
+const RETRY_AFTER_MS: u64 = 1;
+
+/// What every core shares.
+pub(crate) struct Shared {
+    pub opts: ServerOptions,
+    pub table: Arc<ModelTable>,
+    pub stats: Arc<ServerStats>,
+    pub heartbeats: Arc<Heartbeats>,
+    /// When shutdown must be complete; set once when shutdown begins.
+    pub grace_deadline: Mutex<Option<Instant>>,
+}
+
+/// A refusal to answer a request normally: the ERROR to send.
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the reader should do after handing a frame to the core.
+pub(crate) enum FrameAction {
+    /// Answered (or refused) already.
+    Done,
+    /// Answered with an error that ends the connection.
+    Close,
+    /// An admitted PREDICT: give it the frame's bytes and enqueue it.
+    Admit(Box<JobParts>),
+}
+
+/// Everything about an admitted PREDICT except the frame it arrived in.
+pub(crate) struct JobParts {
+    pub request_id: u64,
+    pub data_offset: usize,
+    pub request: PredictRequest,
+    /// For model input `i`, the index of the request tensor that feeds it.
+    pub order: SmallVec<[u8; 8]>,
+    /// Model output indices to send back, in order.
+    pub sel: SmallVec<[u8; 8]>,
+    /// Leading dimension shared by every input (what batching concatenates), or 0.
+    pub rows: usize,
+    pub model: Rc<CoreModel>,
+    pub arrived: Instant,
+    pub deadline: Option<Instant>,
+}
+
+/// An admitted PREDICT waiting to run: the frame bytes stay where they were read.
+pub(crate) struct Job {
+    pub conn: Rc<Conn>,
+    pub frame: FrameBuf,
+    pub p: Box<JobParts>,
+}
+
+impl Job {
+    /// Model input `i` as a view into the frame (no copy).
+    fn input(&self, i: usize) -> TensorView<'_> {
+        let m = &self.p.request.inputs[self.p.order[i] as usize];
+        let start = self.p.data_offset + m.offset as usize;
+        TensorView {
+            dtype: edgeinfer_engine::DType::from_code(m.dtype as u8)
+                .expect("validated at admission"),
+            shape: bytemuck::cast_slice(&m.shape),
+            data: &self.frame[start..start + m.length as usize],
+        }
+    }
+
+    fn inputs(&self) -> SmallVec<[TensorView<'_>; 8]> {
+        (0..self.p.order.len()).map(|i| self.input(i)).collect()
+    }
+}
+
+/// One model version's per-core state.
+pub(crate) struct CoreModel {
+    pub version: Arc<ModelVersion>,
+    session: RefCell<Option<Box<dyn Session>>>,
+    session_error: Option<String>,
+    outputs: RefCell<Vec<Outputs>>,
+    batch: Option<Batcher>,
+}
+
+struct Batcher {
+    max_batch: usize,
+    max_delay: Duration,
+    pending: RefCell<VecDeque<Job>>,
+    rows: Cell<usize>,
+    timer_armed: Cell<bool>,
+    /// A run of this batch is already in the core's queue.
+    queued: Cell<bool>,
+    staging: RefCell<Staging>,
+}
+
+#[derive(Default)]
+struct Staging {
+    jobs: Vec<Job>,
+    inputs: Vec<Vec<u8>>,
+    shapes: Vec<SmallVec<[usize; 8]>>,
+    out: Outputs,
+}
+
+impl CoreModel {
+    fn new(version: Arc<ModelVersion>) -> CoreModel {
+        let (session, session_error) = match version.model.new_session() {
+            Ok(mut s) => {
+                // The first run of a session allocates its buffers: pay that here, not on
+                // the first request this core serves.
+                let sample = edgeinfer_engine::synth_inputs(&version.model.info, 1, 0x5eed);
+                let views: Vec<_> = sample.iter().map(|t| t.view()).collect();
+                let mut out = Outputs::for_model(&version.model.info);
+                if let Err(e) = s.run(&views, &mut out) {
+                    tracing::warn!(model = %version.name, "warming this core's session failed: {e}");
+                }
+                (Some(s), None)
+            }
+            Err(e) => {
+                tracing::error!(model = %version.name, version = %version.version, "cannot make an engine session on this core: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
+        let info = &version.model.info;
+        let batchable = !info.inputs.is_empty()
+            && info
+                .inputs
+                .iter()
+                .all(|s| s.shape.first() == Some(&Dim::Dynamic))
+            && info.outputs.iter().all(|s| !s.shape.is_empty());
+        let batch = match version.serving.batching {
+            Some(b) if b.max_batch > 1 && batchable => Some(Batcher {
+                max_batch: b.max_batch,
+                max_delay: b.max_delay,
+                pending: RefCell::new(VecDeque::new()),
+                rows: Cell::new(0),
+                timer_armed: Cell::new(false),
+                queued: Cell::new(false),
+                staging: RefCell::new(Staging {
+                    inputs: vec![Vec::new(); info.inputs.len()],
+                    shapes: vec![SmallVec::new(); info.inputs.len()],
+                    out: Outputs::for_model(info),
+                    jobs: Vec::new(),
+                }),
+            }),
+            Some(_) if !batchable => {
+                tracing::warn!(model = %version.name, "batching is configured but the model's inputs have no dynamic leading dimension: running requests alone");
+                None
+            }
+            _ => None,
+        };
+        CoreModel {
+            version,
+            session: RefCell::new(session),
+            session_error,
+            outputs: RefCell::new(Vec::new()),
+            batch,
+        }
+    }
+
+    fn take_outputs(&self) -> Outputs {
+        self.outputs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Outputs::for_model(&self.version.model.info))
+    }
+
+    pub fn give_outputs(&self, out: Outputs) {
+        let mut pool = self.outputs.borrow_mut();
+        if pool.len() < OUTPUTS_POOL_MAX {
+            pool.push(out);
+        }
+    }
+
+    fn run(&self, inputs: &[TensorView<'_>], out: &mut Outputs) -> Result<(), Refusal> {
+        let mut s = self.session.borrow_mut();
+        let Some(session) = s.as_mut() else {
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                format!(
+                    "no engine session on this core: {}",
+                    self.session_error.as_deref().unwrap_or("unknown")
+                ),
+            ));
+        };
+        session.run(inputs, out).map_err(|e| {
+            let code = match e.kind {
+                EngineErrorKind::BadInput => ErrorCode::BadInput,
+                _ => ErrorCode::Internal,
+            };
+            Refusal::new(code, e.message)
+        })
+    }
+}
+
+/// Work for the core's executor.
+enum Work {
+    Job(Job),
+    /// Run (part of) this model's forming batch.
+    Batch(Rc<CoreModel>),
+}
+
+/// The models this core has sessions for, as of one table generation.
+#[derive(Default)]
+struct ModelCache {
+    generation: Option<u64>,
+    models: Vec<Rc<CoreModel>>,
+}
+
+pub(crate) struct Core {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    cache: RefCell<ModelCache>,
+    queue: RefCell<VecDeque<Work>>,
+    /// Jobs waiting: in the queue plus in forming batches.
+    waiting: Cell<usize>,
+    exec_wake: Notify,
+    responses: RefCell<Vec<Response>>,
+    meta: RefCell<PredictResponse>,
+    pub conns: RefCell<slab::Slab<Rc<Conn>>>,
+    pub conns_changed: Notify,
+    pub shutting_down: Cell<bool>,
+    /// Set when shutdown begins: accept loops stop.
+    pub stop_accepting: Latch,
+    /// Set when this core is done (drained, or the grace period ran out).
+    pub finished: Latch,
+}
+
+impl Core {
+    pub fn new(index: usize, shared: Arc<Shared>) -> Core {
+        Core {
+            index,
+            shared,
+            cache: RefCell::new(ModelCache::default()),
+            queue: RefCell::new(VecDeque::new()),
+            waiting: Cell::new(0),
+            exec_wake: Notify::default(),
+            responses: RefCell::new(Vec::new()),
+            meta: RefCell::new(PredictResponse::default()),
+            conns: RefCell::new(slab::Slab::new()),
+            conns_changed: Notify::default(),
+            shutting_down: Cell::new(false),
+            stop_accepting: Latch::default(),
+            finished: Latch::default(),
+        }
+    }
+
+    pub fn opts(&self) -> &ServerOptions {
+        &self.shared.opts
+    }
+
+    fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    // === models ===
+
+    /// Makes sessions for every version in the current table, keeping those already made.
+    pub fn refresh_models(&self) {
+        let snap = self.shared.table.load();
+        self.refresh_from(&snap);
+    }
+
+    fn refresh_from(&self, snap: &Snapshot) {
+        let mut cache = self.cache.borrow_mut();
+        if cache.generation == Some(snap.generation) {
+            return;
+        }
+        let old = std::mem::take(&mut cache.models);
+        cache.models = snap
+            .versions()
+            .map(|v| match old.iter().find(|m| Arc::ptr_eq(&m.version, v)) {
+                Some(m) => m.clone(),
+                None => Rc::new(CoreModel::new(v.clone())),
+            })
+            .collect();
+        cache.generation = Some(snap.generation);
+    }
+
+    fn resolve(
+        &self,
+        model: &str,
+        pin: Option<&str>,
+        key: &[u8],
+    ) -> Result<Rc<CoreModel>, Refusal> {
+        let snap = self.shared.table.load();
+        if self.cache.borrow().generation != Some(snap.generation) {
+            self.refresh_from(&snap);
+        }
+        let v = snap
+            .resolve(model, pin, key)
+            .map_err(|e| Refusal::new(ErrorCode::UnknownModel, e.to_string()))?;
+        let cache = self.cache.borrow();
+        cache
+            .models
+            .iter()
+            .find(|m| Arc::ptr_eq(&m.version, v))
+            .cloned()
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    "model version missing from this core's cache",
+                )
+            })
+    }
+
+    // === answers ===
+
+    fn response(&self) -> Response {
+        self.responses
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(Response::new)
+    }
+
+    pub fn recycle(&self, mut r: Response) {
+        r.recycle();
+        let mut pool = self.responses.borrow_mut();
+        if pool.len() < RESPONSE_POOL_MAX {
+            pool.push(r);
+        }
+    }
+
+    pub fn error_response(&self, request_id: u64, code: ErrorCode, message: &str) -> Response {
+        self.stats().count_error(code);
+        let mut r = self.response();
+        let retry = match code {
+            ErrorCode::Overloaded | ErrorCode::TooManyInFlight => RETRY_AFTER_MS,
+            _ => 0,
+        };
+        if encode_error(request_id, code, message, retry, &mut r.head).is_err() {
+            // Only a >4 GiB message could fail; send the code alone.
+            let _ = encode_error(request_id, code, "", retry, &mut r.head);
+        }
+        r
+    }
+
+    fn message_response<M: proto::prost::Message>(
+        &self,
+        op: Opcode,
+        request_id: u64,
+        msg: &M,
+    ) -> Response {
+        let mut r = self.response();
+        if let Err(e) = encode_message(op, request_id, msg, &mut r.head) {
+            self.recycle(r);
+            return self.error_response(
+                request_id,
+                ErrorCode::Internal,
+                &format!("encoding the answer: {e}"),
+            );
+        }
+        r
+    }
+
+    // === frames ===
+
+    /// Handles one whole frame read on `conn`; `body` is everything after the header.
+    pub fn on_frame(
+        &self,
+        conn: &Rc<Conn>,
+        header: &Header,
+        body: &[u8],
+        now: Instant,
+    ) -> FrameAction {
+        self.stats().cores[self.index]
+            .requests
+            .fetch_add(1, Relaxed);
+        let id = header.request_id;
+        let op = Opcode::from_u8(header.opcode);
+        let answer = match op {
+            Some(Opcode::Predict) => return self.admit_predict(conn, header, body, now),
+            Some(Opcode::Hello) => match decode_message::<Hello>(header, body) {
+                Ok(h) => match negotiate(&h.versions) {
+                    Some(version) => {
+                        let l = &self.opts().limits;
+                        let msg = HelloResponse {
+                            version,
+                            max_frame_bytes: l.max_frame_bytes,
+                            max_in_flight: l.max_in_flight,
+                            server: self.opts().server_name.clone(),
+                            max_meta_bytes: l.max_meta_bytes,
+                            max_tensors: l.max_tensors,
+                            max_rank: l.max_rank,
+                        };
+                        Ok(self.message_response(Opcode::HelloResponse, id, &msg))
+                    }
+                    None => {
+                        let msg = format!(
+                            "no common protocol version: the client speaks {:?}, this server {:?}",
+                            h.versions,
+                            proto::SUPPORTED_VERSIONS
+                        );
+                        conn.push(self.error_response(id, ErrorCode::UnsupportedVersion, &msg));
+                        return FrameAction::Close;
+                    }
+                },
+                Err(e) => Err(Refusal::new(e.kind(), e.to_string())),
+            },
+            Some(Opcode::Metadata) => decode_message::<MetadataRequest>(header, body)
+                .map_err(|e| Refusal::new(e.kind(), e.to_string()))
+                .and_then(|m| self.metadata(&m))
+                .map(|msg| self.message_response(Opcode::MetadataResponse, id, &msg)),
+            Some(Opcode::Health) => decode_message::<proto::HealthRequest>(header, body)
+                .map_err(|e| Refusal::new(e.kind(), e.to_string()))
+                .map(|_| self.message_response(Opcode::HealthResponse, id, &self.health())),
+            Some(op) if op.is_reserved() && op.is_request() => Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                format!("{op} is reserved in protocol v1 and not implemented by this server yet"),
+            )),
+            Some(op) => Err(Refusal::new(
+                ErrorCode::UnknownOpcode,
+                format!("{op} is not a request"),
+            )),
+            None => Err(Refusal::new(
+                ErrorCode::UnknownOpcode,
+                format!("unknown opcode {:#04x}", header.opcode),
+            )),
+        };
+        let r = answer.unwrap_or_else(|r| self.error_response(id, r.code, &r.message));
+        conn.push(r);
+        FrameAction::Done
+    }
+
+    fn metadata(&self, m: &MetadataRequest) -> Result<ModelMetadata, Refusal> {
+        let snap = self.shared.table.load();
+        let v = snap
+            .resolve(&m.model, m.version.as_deref(), b"")
+            .map_err(|e| Refusal::new(ErrorCode::UnknownModel, e.to_string()))?;
+        let spec = |s: &edgeinfer_engine::TensorSpec| TensorSpecMsg {
+            name: s.name.clone(),
+            dtype: s.dtype as u32,
+            shape: s
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n as i64,
+                    Dim::Dynamic => -1,
+                })
+                .collect(),
+        };
+        let info = &v.model.info;
+        Ok(ModelMetadata {
+            name: v.name.clone(),
+            version: v.version.clone(),
+            versions: snap
+                .models
+                .get(&m.model)
+                .map(|s| s.versions.iter().map(|v| v.version.clone()).collect())
+                .unwrap_or_default(),
+            inputs: info.inputs.iter().map(spec).collect(),
+            outputs: info.outputs.iter().map(spec).collect(),
+            backend: v.model.backend().name().to_owned(),
+            ready: v.is_ready(),
+            load_report: serde_json::to_string(&v.model.report).unwrap_or_default(),
+        })
+    }
+
+    fn health(&self) -> HealthResponse {
+        let snap = self.shared.table.load();
+        let mut models = Vec::new();
+        let mut ready = !snap.models.is_empty();
+        for slot in snap.models.values() {
+            let default = slot.default_version();
+            ready &= default.is_ready();
+            for v in &slot.versions {
+                models.push(ModelStatus {
+                    name: v.name.clone(),
+                    version: v.version.clone(),
+                    backend: v.model.backend().name().to_owned(),
+                    ready: v.is_ready(),
+                    default: Arc::ptr_eq(v, default),
+                    requests: v.stats.total(),
+                    errors: v.stats.errors(),
+                });
+            }
+        }
+        HealthResponse { ready, models }
+    }
+
+    // === admission ===
+
+    fn admit_predict(
+        &self,
+        conn: &Rc<Conn>,
+        header: &Header,
+        body: &[u8],
+        now: Instant,
+    ) -> FrameAction {
+        let id = header.request_id;
+        match self.check_predict(conn, header, body, now) {
+            Ok(parts) => FrameAction::Admit(parts),
+            Err((refusal, version)) => {
+                if let Some(v) = version {
+                    v.stats.record(outcome_of(refusal.code));
+                }
+                conn.push(self.error_response(id, refusal.code, &refusal.message));
+                FrameAction::Done
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_predict(
+        &self,
+        conn: &Conn,
+        header: &Header,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<Box<JobParts>, (Refusal, Option<Arc<ModelVersion>>)> {
+        let limits = &self.opts().limits;
+        if self.shutting_down.get() {
+            return Err((
+                Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down"),
+                None,
+            ));
+        }
+        if conn.in_flight() >= limits.max_in_flight as usize {
+            let msg = format!(
+                "more than {} requests in flight on this connection",
+                limits.max_in_flight
+            );
+            return Err((Refusal::new(ErrorCode::TooManyInFlight, msg), None));
+        }
+        let view = decode_predict_with(header, body, limits)
+            .map_err(|e| (Refusal::new(e.kind(), e.to_string()), None))?;
+        let req = &view.request;
+        let model = self
+            .resolve(&req.model, req.version.as_deref(), &req.routing_key)
+            .map_err(|r| (r, None))?;
+        let v = &model.version;
+        let fail = |code, msg: String| (Refusal::new(code, msg), Some(v.clone()));
+        if !v.is_ready() {
+            return Err(fail(
+                ErrorCode::NotReady,
+                format!(
+                    "model {:?} version {:?} is still loading",
+                    v.name, v.version
+                ),
+            ));
+        }
+        let info = &v.model.info;
+        // Inputs by name, in the model's order.
+        let mut order: SmallVec<[u8; 8]> = SmallVec::new();
+        for spec in &info.inputs {
+            match req.inputs.iter().position(|m| m.name == spec.name) {
+                Some(i) => order.push(i as u8),
+                None => {
+                    return Err(fail(
+                        ErrorCode::BadInput,
+                        format!(
+                            "model {:?} takes input {:?}, which the request does not carry ({})",
+                            v.name,
+                            spec.name,
+                            input_names(info)
+                        ),
+                    ))
+                }
+            }
+        }
+        if req.inputs.len() != info.inputs.len() {
+            let extra = req
+                .inputs
+                .iter()
+                .find(|m| !info.inputs.iter().any(|s| s.name == m.name));
+            let name = extra.map(|m| m.name.as_str()).unwrap_or("?");
+            return Err(fail(
+                ErrorCode::BadInput,
+                format!(
+                    "model {:?} has no input {name:?} ({})",
+                    v.name,
+                    input_names(info)
+                ),
+            ));
+        }
+        let mut views: SmallVec<[TensorView<'_>; 8]> = SmallVec::new();
+        for &i in &order {
+            let m = &req.inputs[i as usize];
+            let data = view.input_data(i as usize).unwrap_or(&[]);
+            views.push(TensorView {
+                dtype: edgeinfer_engine::DType::from_code(m.dtype as u8)
+                    .expect("checked by the codec"),
+                shape: bytemuck::cast_slice(&m.shape),
+                data,
+            });
+        }
+        // The NaN policy is the engine's; it applies it when the request runs.
+        validate_inputs(info, &views, true).map_err(|e| fail(ErrorCode::BadInput, e.message))?;
+        let rows = match views.first().and_then(|v| v.shape.first()) {
+            Some(&n) if views.iter().all(|v| v.shape.first() == Some(&n)) => n,
+            _ => 0,
+        };
+        let mut sel: SmallVec<[u8; 8]> = SmallVec::new();
+        if req.outputs.is_empty() {
+            sel.extend((0..info.outputs.len()).map(|i| i as u8));
+        } else {
+            for name in &req.outputs {
+                match info.outputs.iter().position(|s| &s.name == name) {
+                    Some(k) => sel.push(k as u8),
+                    None => {
+                        let have: Vec<&str> =
+                            info.outputs.iter().map(|s| s.name.as_str()).collect();
+                        return Err(fail(
+                            ErrorCode::BadInput,
+                            format!(
+                                "model {:?} has no output {name:?} (outputs: {have:?})",
+                                v.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.waiting.get() >= self.opts().queue_depth {
+            let msg = format!(
+                "this core's queue is full ({} requests waiting)",
+                self.waiting.get()
+            );
+            return Err(fail(ErrorCode::Overloaded, msg));
+        }
+        let deadline = (req.deadline_us > 0).then(|| now + Duration::from_micros(req.deadline_us));
+        drop(views);
+        Ok(Box::new(JobParts {
+            request_id: header.request_id,
+            data_offset: header.data_offset() as usize,
+            request: view.into_request(),
+            order,
+            sel,
+            rows,
+            model,
+            arrived: now,
+            deadline,
+        }))
+    }
+
+    /// Queues an admitted job (or adds it to its model's forming batch).
+    pub fn enqueue(self: &Rc<Self>, job: Job) {
+        job.conn.job_started();
+        self.set_waiting(self.waiting.get() + 1);
+        let model = job.p.model.clone();
+        if let Some(b) = &model.batch {
+            if job.p.rows > 0 && job.p.rows < b.max_batch {
+                let first = b.pending.borrow().is_empty();
+                let arrived = job.p.arrived;
+                b.rows.set(b.rows.get() + job.p.rows);
+                b.pending.borrow_mut().push_back(job);
+                if b.rows.get() >= b.max_batch || b.max_delay.is_zero() || self.shutting_down.get()
+                {
+                    self.queue_batch(&model);
+                } else if first {
+                    self.arm_batch_timer(&model, arrived + b.max_delay);
+                }
+                return;
+            }
+        }
+        self.queue.borrow_mut().push_back(Work::Job(job));
+        self.exec_wake.notify();
+    }
+
+    fn set_waiting(&self, n: usize) {
+        self.waiting.set(n);
+        self.stats().cores[self.index].queue_depth.store(n, Relaxed);
+    }
+
+    fn queue_batch(&self, model: &Rc<CoreModel>) {
+        let b = model.batch.as_ref().expect("batched model");
+        if !b.queued.replace(true) {
+            self.queue
+                .borrow_mut()
+                .push_back(Work::Batch(model.clone()));
+            self.exec_wake.notify();
+        }
+    }
+
+    fn arm_batch_timer(self: &Rc<Self>, model: &Rc<CoreModel>, at: Instant) {
+        let b = model.batch.as_ref().expect("batched model");
+        if b.timer_armed.replace(true) {
+            return;
+        }
+        let (core, model) = (self.clone(), model.clone());
+        monoio::spawn(async move {
+            let mut at = at;
+            loop {
+                wait_until(at).await;
+                let b = model.batch.as_ref().expect("batched model");
+                let due = b
+                    .pending
+                    .borrow()
+                    .front()
+                    .map(|j| j.p.arrived + b.max_delay);
+                match due {
+                    Some(t) if t > Instant::now() => at = t,
+                    Some(_) => {
+                        b.timer_armed.set(false);
+                        core.queue_batch(&model);
+                        return;
+                    }
+                    None => {
+                        b.timer_armed.set(false);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs every forming batch now (shutdown: nobody waits for company any more).
+    pub fn flush_batches(&self) {
+        let models: Vec<Rc<CoreModel>> = self.cache.borrow().models.clone();
+        for m in &models {
+            if let Some(b) = &m.batch {
+                if !b.pending.borrow().is_empty() {
+                    self.queue_batch(m);
+                }
+            }
+        }
+    }
+
+    // === execution ===
+
+    /// The executor: runs queued work in order, one item per turn so answers get written
+    /// between runs.
+    pub async fn execute(self: Rc<Self>) {
+        loop {
+            let work = self.queue.borrow_mut().pop_front();
+            match work {
+                Some(Work::Job(job)) => {
+                    self.set_waiting(self.waiting.get().saturating_sub(1));
+                    self.run_single(job, Instant::now());
+                }
+                Some(Work::Batch(model)) => self.run_batch(&model),
+                None => {
+                    self.exec_wake.wait().await;
+                    continue;
+                }
+            }
+            super::notify::yield_now().await;
+        }
+    }
+
+    /// Whether the job should still run; if not, it has been answered (or dropped).
+    fn still_wanted(&self, job: &Job, now: Instant) -> bool {
+        if job.conn.is_broken() {
+            // The client is gone: nobody to answer.
+            job.conn.job_finished();
+            return false;
+        }
+        if job.p.deadline.is_some_and(|d| now > d) {
+            let waited = now.saturating_duration_since(job.p.arrived);
+            let msg = format!(
+                "deadline of {} µs passed after {} µs in the queue",
+                job.p.request.deadline_us,
+                waited.as_micros()
+            );
+            self.finish_error(job, ErrorCode::DeadlineExceeded, &msg, now);
+            return false;
+        }
+        true
+    }
+
+    fn run_single(&self, job: Job, now: Instant) {
+        if !self.still_wanted(&job, now) {
+            return;
+        }
+        let model = job.p.model.clone();
+        let mut out = model.take_outputs();
+        let t0 = Instant::now();
+        let result = model.run(&job.inputs(), &mut out);
+        let t1 = Instant::now();
+        model
+            .version
+            .stats
+            .batch_rows
+            .observe(job.p.rows.max(1) as u64);
+        match result {
+            Ok(()) => self.finish_ok(&job, out, t0 - job.p.arrived, t1 - t0),
+            Err(r) => {
+                model.give_outputs(out);
+                self.finish_error(&job, r.code, &r.message, t1);
+            }
+        }
+    }
+
+    fn run_batch(self: &Rc<Self>, model: &Rc<CoreModel>) {
+        let b = model.batch.as_ref().expect("batched model");
+        b.queued.set(false);
+        let now = Instant::now();
+        let mut staging = b.staging.borrow_mut();
+        let st = &mut *staging;
+        // Take jobs that fit in one run and agree on every input's trailing dimensions.
+        let mut rows = 0;
+        {
+            let mut pending = b.pending.borrow_mut();
+            while let Some(j) = pending.front() {
+                if let Some(first) = st.jobs.first() {
+                    if rows + j.p.rows > b.max_batch || !same_trailing_dims(first, j) {
+                        break;
+                    }
+                }
+                let j = pending.pop_front().expect("front exists");
+                b.rows.set(b.rows.get() - j.p.rows);
+                self.set_waiting(self.waiting.get().saturating_sub(1));
+                if self.still_wanted(&j, now) {
+                    rows += j.p.rows;
+                    st.jobs.push(j);
+                }
+            }
+        }
+        match st.jobs.len() {
+            0 => {}
+            1 => {
+                let job = st.jobs.pop().expect("one job");
+                self.run_single(job, now);
+            }
+            _ => {
+                if !self.run_concatenated(model, st, rows) {
+                    // Run each alone so one bad request cannot fail the others.
+                    for job in st.jobs.drain(..) {
+                        self.run_single(job, Instant::now());
+                    }
+                }
+            }
+        }
+        st.jobs.clear();
+        drop(staging);
+        // What is left forms the next batch.
+        let front = b.pending.borrow().front().map(|j| j.p.arrived);
+        if let Some(arrived) = front {
+            let at = arrived + b.max_delay;
+            if b.rows.get() >= b.max_batch || self.shutting_down.get() || at <= Instant::now() {
+                self.queue_batch(model);
+            } else {
+                // An armed timer re-checks the front when it fires, so one is enough.
+                self.arm_batch_timer(model, at);
+            }
+        }
+    }
+
+    /// Concatenates the jobs' rows, runs once, and splits the outputs back; false when the
+    /// batch could not run as one (each job then runs alone).
+    fn run_concatenated(&self, model: &Rc<CoreModel>, st: &mut Staging, rows: usize) -> bool {
+        let n_inputs = model.version.model.info.inputs.len();
+        for i in 0..n_inputs {
+            st.inputs[i].clear();
+            for j in &st.jobs {
+                st.inputs[i].extend_from_slice(j.input(i).data);
+            }
+            let first = st.jobs[0].input(i);
+            st.shapes[i].clear();
+            st.shapes[i].push(rows);
+            st.shapes[i].extend_from_slice(&first.shape[1..]);
+        }
+        let dtypes: SmallVec<[edgeinfer_engine::DType; 8]> =
+            (0..n_inputs).map(|i| st.jobs[0].input(i).dtype).collect();
+        let t0 = Instant::now();
+        let result = {
+            let views: SmallVec<[TensorView<'_>; 8]> = (0..n_inputs)
+                .map(|i| TensorView {
+                    dtype: dtypes[i],
+                    shape: &st.shapes[i],
+                    data: &st.inputs[i],
+                })
+                .collect();
+            model.run(&views, &mut st.out)
+        };
+        let t1 = Instant::now();
+        if result.is_err()
+            || st
+                .out
+                .tensors
+                .iter()
+                .any(|t| t.shape.first() != Some(&rows))
+        {
+            return false;
+        }
+        model.version.stats.batch_rows.observe(rows as u64);
+        let mut offset = 0;
+        for job in &st.jobs {
+            let mut out = model.take_outputs();
+            if out.tensors.len() != st.out.tensors.len() {
+                out = Outputs::for_model(&model.version.model.info);
+            }
+            for (dst, src) in out.tensors.iter_mut().zip(&st.out.tensors) {
+                let row_bytes = src.data.len() / rows;
+                let mut shape: SmallVec<[usize; 8]> = SmallVec::new();
+                shape.push(job.p.rows);
+                shape.extend_from_slice(&src.shape[1..]);
+                if dst.name != src.name {
+                    dst.name.clone_from(&src.name);
+                }
+                let dtype = src.dtype.unwrap_or(edgeinfer_engine::DType::U8);
+                dst.reset(dtype, &shape).copy_from_slice(
+                    &src.data[offset * row_bytes..(offset + job.p.rows) * row_bytes],
+                );
+            }
+            offset += job.p.rows;
+            self.finish_ok(
+                job,
+                out,
+                t0.saturating_duration_since(job.p.arrived),
+                t1 - t0,
+            );
+        }
+        st.jobs.clear();
+        true
+    }
+
+    fn finish_ok(&self, job: &Job, out: Outputs, queue: Duration, compute: Duration) {
+        let v = &job.p.model.version;
+        let mut r = self.response();
+        let encoded = {
+            let mut meta = self.meta.borrow_mut();
+            set_str(&mut meta.model, &v.name);
+            set_str(&mut meta.version, &v.version);
+            set_str(&mut meta.backend, v.model.backend().name());
+            meta.queue_us = queue.as_micros() as u64;
+            meta.compute_us = compute.as_micros() as u64;
+            let mut views: SmallVec<[proto::TensorView<'_>; 8]> = SmallVec::new();
+            let mut ok = true;
+            for &k in &job.p.sel {
+                let t = &out.tensors[k as usize];
+                match t.dtype.and_then(|d| proto::DType::from_code(d as u32)) {
+                    Some(dtype) => views.push(proto::TensorView {
+                        name: &t.name,
+                        dtype,
+                        shape: bytemuck::cast_slice(&t.shape),
+                        data: &t.data,
+                    }),
+                    None => ok = false,
+                }
+            }
+            if ok {
+                encode_predict_response_head(job.p.request_id, &mut meta, &views, &mut r.head)
+                    .map_err(|e| e.to_string())
+            } else {
+                Err("an output has no dtype".to_owned())
+            }
+        };
+        match encoded {
+            Ok(_) => {
+                r.sel.clone_from(&job.p.sel);
+                r.outputs = Some(out);
+                r.home = Some(job.p.model.clone());
+                v.stats.record(Outcome::Ok);
+                v.stats.rows.fetch_add(job.p.rows as u64, Relaxed);
+                v.stats.queue.observe(queue);
+                v.stats.compute.observe(compute);
+                v.stats.latency.observe(job.p.arrived.elapsed());
+                job.conn.push(r);
+                job.conn.job_finished();
+            }
+            Err(msg) => {
+                job.p.model.give_outputs(out);
+                self.recycle(r);
+                self.finish_error(
+                    job,
+                    ErrorCode::Internal,
+                    &format!("encoding the answer: {msg}"),
+                    Instant::now(),
+                );
+            }
+        }
+    }
+
+    fn finish_error(&self, job: &Job, code: ErrorCode, message: &str, now: Instant) {
+        let v = &job.p.model.version;
+        v.stats.record(outcome_of(code));
+        v.stats
+            .latency
+            .observe(now.saturating_duration_since(job.p.arrived));
+        job.conn
+            .push(self.error_response(job.p.request_id, code, message));
+        job.conn.job_finished();
+    }
+}
+
+/// The timer wheel ticks in milliseconds, far coarser than a batching delay of a few
+/// hundred microseconds: sleep on it until close, then yield (the runtime polls IO between
+/// turns) until the instant itself. The core is ours alone, so the short spin costs no one.
+async fn wait_until(at: Instant) {
+    const WHEEL_SLACK: Duration = Duration::from_millis(2);
+    let now = Instant::now();
+    if at > now + WHEEL_SLACK {
+        monoio::time::sleep_until(monoio::time::Instant::from_std(at - WHEEL_SLACK)).await;
+    }
+    while Instant::now() < at {
+        super::notify::yield_now().await;
+    }
+}
+
+fn set_str(dst: &mut String, src: &str) {
+    if dst != src {
+        dst.clear();
+        dst.push_str(src);
+    }
+}
+
+fn input_names(info: &edgeinfer_engine::ModelInfo) -> String {
+    let names: Vec<String> = info
+        .inputs
+        .iter()
+        .map(|s| format!("{:?} {} {:?}", s.name, s.dtype, s.shape))
+        .collect();
+    format!("inputs: {}", names.join(", "))
+}
+
+fn same_trailing_dims(a: &Job, b: &Job) -> bool {
+    (0..a.p.order.len()).all(|i| a.input(i).shape.get(1..) == b.input(i).shape.get(1..))
+}
+
+fn outcome_of(code: ErrorCode) -> Outcome {
+    match code {
+        ErrorCode::Overloaded | ErrorCode::TooManyInFlight => Outcome::Overloaded,
+        ErrorCode::DeadlineExceeded => Outcome::DeadlineExceeded,
+        ErrorCode::Internal | ErrorCode::NotReady => Outcome::EngineError,
+        ErrorCode::ShuttingDown => Outcome::ShuttingDown,
+        _ => Outcome::BadInput,
+    }
+}

@@ -1,0 +1,201 @@
+//! The GPU policy end to end on ONNX Runtime. This machine has no NVIDIA driver, so the
+//! real NVML-absent path is tested for real; the CUDA path is driven by a probe that
+//! describes a healthy GPU, and the real (CPU-only) ORT library then refuses the CUDA
+//! provider, which is exactly the "provider does not register" case.
+
+mod ort_support;
+
+use edgeinfer_engine::{
+    load_model, load_model_with_probe, probe_gpus, Backend, EngineChoice, ErrorKind, GpuInfo,
+    GpuPolicy, GpuProbe, LoadOptions, Outputs, TensorView,
+};
+use ort_support::*;
+
+fn opts(engine: EngineChoice, gpu: GpuPolicy) -> LoadOptions {
+    LoadOptions {
+        gpu,
+        ..ort_opts(engine)
+    }
+}
+
+fn healthy_gpu() -> GpuProbe {
+    GpuProbe {
+        nvml_available: true,
+        driver_version: Some("550.54.15".into()),
+        gpus: vec![GpuInfo {
+            index: 0,
+            name: "NVIDIA L4".into(),
+            memory_total_bytes: 24 << 30,
+            memory_free_bytes: 23 << 30,
+            utilization_percent: Some(0),
+            temperature_c: Some(35),
+            problem: None,
+        }],
+        error: None,
+    }
+}
+
+fn runs(model: &edgeinfer_engine::Model) {
+    let mut session = model.new_session().unwrap();
+    let mut out = Outputs::for_model(&model.info);
+    let x = [1.0f32, 2.0, 3.0, 4.0];
+    session
+        .run(
+            &[
+                TensorView::from_f32(&[1, 4], &x),
+                TensorView::from_f32(&[1, 4], &x),
+            ],
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(out.tensors[0].to_f64_vec(), vec![2.0, 4.0, 6.0, 8.0]);
+}
+
+#[test]
+fn without_nvml_ort_cuda_takes_the_cpu_path_and_says_why() {
+    let probe = probe_gpus();
+    assert!(
+        !probe.nvml_available,
+        "this test documents the GPU-less CI machine: {probe:?}"
+    );
+
+    let model = load_model(
+        &add_f32(),
+        &opts(EngineChoice::OrtCuda, GpuPolicy::Preferred),
+    )
+    .unwrap();
+    assert_eq!(model.backend(), Backend::OrtCpu);
+    assert!(
+        model.report.reason.contains("on CPU: CUDA is not usable"),
+        "{}",
+        model.report.reason
+    );
+    let fallback = model
+        .report
+        .fallbacks
+        .iter()
+        .find(|f| f.backend == Backend::OrtCuda)
+        .expect("a CUDA fallback is recorded");
+    assert!(
+        fallback.reason.contains("no usable GPU") && fallback.reason.contains("NVML unavailable"),
+        "{}",
+        fallback.reason
+    );
+    runs(&model);
+}
+
+#[test]
+fn without_nvml_auto_records_the_cuda_fallback() {
+    let model = load_model(&add_f32(), &opts(EngineChoice::Auto, GpuPolicy::Preferred)).unwrap();
+    assert_ne!(model.backend(), Backend::OrtCuda);
+    let fallback = model
+        .report
+        .fallbacks
+        .iter()
+        .find(|f| f.backend == Backend::OrtCuda)
+        .expect("a CUDA fallback is recorded");
+    assert!(
+        fallback.reason.contains("NVML unavailable"),
+        "{}",
+        fallback.reason
+    );
+    runs(&model);
+}
+
+#[test]
+fn gpu_required_refuses_to_load_without_a_gpu() {
+    for engine in [EngineChoice::OrtCuda, EngineChoice::Auto] {
+        let err = load_model(&add_f32(), &opts(engine, GpuPolicy::Required)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::GpuUnavailable, "{engine:?}: {err}");
+        assert!(
+            err.message.contains("gpu = \"required\"") && err.message.contains("NVML unavailable"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn gpu_required_with_a_cpu_only_engine_is_refused() {
+    for engine in [EngineChoice::Tract, EngineChoice::OrtCpu] {
+        let err = load_model_with_probe(
+            &add_f32(),
+            &opts(engine, GpuPolicy::Required),
+            &healthy_gpu(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::GpuUnavailable, "{engine:?}");
+        assert!(err.message.contains("never runs on a GPU"), "{err}");
+    }
+}
+
+#[test]
+fn gpu_never_keeps_cuda_out_without_a_fallback_in_auto() {
+    let model = load_model(&add_f32(), &opts(EngineChoice::Auto, GpuPolicy::Never)).unwrap();
+    assert!(
+        model
+            .report
+            .fallbacks
+            .iter()
+            .all(|f| f.backend != Backend::OrtCuda),
+        "{:?}",
+        model.report
+    );
+    let model = load_model(&add_f32(), &opts(EngineChoice::OrtCuda, GpuPolicy::Never)).unwrap();
+    assert_eq!(model.backend(), Backend::OrtCpu);
+    assert!(model
+        .report
+        .fallbacks
+        .iter()
+        .any(|f| f.backend == Backend::OrtCuda && f.reason.contains("never")));
+}
+
+#[test]
+fn a_healthy_gpu_tries_cuda_and_a_failed_registration_falls_back() {
+    let model = load_model_with_probe(
+        &add_f32(),
+        &opts(EngineChoice::OrtCuda, GpuPolicy::Preferred),
+        &healthy_gpu(),
+    )
+    .unwrap();
+    assert_eq!(model.backend(), Backend::OrtCpu);
+    let fallback = model
+        .report
+        .fallbacks
+        .iter()
+        .find(|f| f.backend == Backend::OrtCuda)
+        .expect("a CUDA fallback is recorded");
+    // The probe planned CUDA; the provider itself is what refused.
+    assert!(
+        fallback.reason.contains("CUDA provider did not register"),
+        "{}",
+        fallback.reason
+    );
+    runs(&model);
+}
+
+#[test]
+fn a_healthy_gpu_whose_provider_fails_refuses_when_required() {
+    let err = load_model_with_probe(
+        &add_f32(),
+        &opts(EngineChoice::OrtCuda, GpuPolicy::Required),
+        &healthy_gpu(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::GpuUnavailable);
+    assert!(
+        err.message.contains("CUDA provider did not register"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_model_is_reported_as_such_even_when_cuda_was_planned() {
+    // The CPU retry tells "provider failed" from "model is broken".
+    let err = load_model_with_probe(
+        b"not a model",
+        &opts(EngineChoice::OrtCuda, GpuPolicy::Preferred),
+        &healthy_gpu(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadModel, "{err}");
+}

@@ -1,0 +1,199 @@
+//! The prost metadata messages, one per opcode. Tags are stable: never reuse or renumber.
+
+use crate::ErrorCode;
+
+/// One tensor in a frame's data section.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorMeta {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// A [`crate::DType`] code.
+    #[prost(uint32, tag = "2")]
+    pub dtype: u32,
+    #[prost(uint64, repeated, tag = "3")]
+    pub shape: Vec<u64>,
+    /// From the start of the data section; a multiple of 64.
+    #[prost(uint64, tag = "4")]
+    pub offset: u64,
+    /// Bytes: product(shape) × dtype size.
+    #[prost(uint64, tag = "5")]
+    pub length: u64,
+}
+
+/// PREDICT (0x02).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PredictRequest {
+    /// Model name or alias.
+    #[prost(string, tag = "1")]
+    pub model: String,
+    /// Version pin; absent = the model's default version.
+    #[prost(string, optional, tag = "2")]
+    pub version: Option<String>,
+    #[prost(message, repeated, tag = "3")]
+    pub inputs: Vec<TensorMeta>,
+    /// Outputs wanted, by name; empty = all.
+    #[prost(string, repeated, tag = "4")]
+    pub outputs: Vec<String>,
+    /// Budget in µs from the server's receipt of the frame; 0 = none.
+    #[prost(uint64, tag = "5")]
+    pub deadline_us: u64,
+    /// Opaque key for A/B routing; the server hashes it.
+    #[prost(bytes = "vec", tag = "6")]
+    pub routing_key: Vec<u8>,
+}
+
+/// PREDICT_RESPONSE (0x82).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PredictResponse {
+    #[prost(string, tag = "1")]
+    pub model: String,
+    /// The version that actually served the request.
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(message, repeated, tag = "3")]
+    pub outputs: Vec<TensorMeta>,
+    /// Engine that ran it, e.g. "ort-cpu", "ort-cuda", "tract".
+    #[prost(string, tag = "4")]
+    pub backend: String,
+    /// Time spent queued (batching, backpressure) in µs.
+    #[prost(uint64, tag = "5")]
+    pub queue_us: u64,
+    /// Time spent in the engine in µs.
+    #[prost(uint64, tag = "6")]
+    pub compute_us: u64,
+}
+
+/// ERROR (0xFF), the answer to any request that failed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErrorResponse {
+    /// An [`ErrorCode`].
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// For retryable codes: a hint, 0 = none.
+    #[prost(uint64, tag = "3")]
+    pub retry_after_ms: u64,
+}
+
+impl ErrorResponse {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorResponse {
+        ErrorResponse {
+            code: code.as_u32(),
+            message: message.into(),
+            retry_after_ms: 0,
+        }
+    }
+
+    /// The typed code; `None` for a code this codec does not know (a newer peer).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u32(self.code)
+    }
+}
+
+/// HELLO (0x01).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hello {
+    /// Protocol versions the client speaks.
+    #[prost(uint32, repeated, tag = "1")]
+    pub versions: Vec<u32>,
+    /// Free-form client identification, for logs.
+    #[prost(string, tag = "2")]
+    pub client: String,
+}
+
+/// HELLO_RESPONSE (0x81): the chosen version and the server's limits.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloResponse {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(uint64, tag = "2")]
+    pub max_frame_bytes: u64,
+    #[prost(uint32, tag = "3")]
+    pub max_in_flight: u32,
+    #[prost(string, tag = "4")]
+    pub server: String,
+    #[prost(uint32, tag = "5")]
+    pub max_meta_bytes: u32,
+    #[prost(uint32, tag = "6")]
+    pub max_tensors: u32,
+    #[prost(uint32, tag = "7")]
+    pub max_rank: u32,
+}
+
+/// METADATA (0x03).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataRequest {
+    #[prost(string, tag = "1")]
+    pub model: String,
+    #[prost(string, optional, tag = "2")]
+    pub version: Option<String>,
+}
+
+/// A declared model input or output; `-1` in `shape` is a dynamic dimension.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorSpecMsg {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    pub dtype: u32,
+    #[prost(int64, repeated, tag = "3")]
+    pub shape: Vec<i64>,
+}
+
+/// METADATA_RESPONSE (0x83).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelMetadata {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The version described.
+    #[prost(string, tag = "2")]
+    pub version: String,
+    /// Every loaded version of this model.
+    #[prost(string, repeated, tag = "3")]
+    pub versions: Vec<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub inputs: Vec<TensorSpecMsg>,
+    #[prost(message, repeated, tag = "5")]
+    pub outputs: Vec<TensorSpecMsg>,
+    #[prost(string, tag = "6")]
+    pub backend: String,
+    #[prost(bool, tag = "7")]
+    pub ready: bool,
+    /// JSON: how the engine was chosen and what loading found.
+    #[prost(string, tag = "8")]
+    pub load_report: String,
+}
+
+/// HEALTH (0x04).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthRequest {}
+
+/// One loaded model version in HEALTH_RESPONSE.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelStatus {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(string, tag = "3")]
+    pub backend: String,
+    #[prost(bool, tag = "4")]
+    pub ready: bool,
+    /// This version serves requests that carry no version pin.
+    #[prost(bool, tag = "5")]
+    pub default: bool,
+    #[prost(uint64, tag = "6")]
+    pub requests: u64,
+    #[prost(uint64, tag = "7")]
+    pub errors: u64,
+}
+
+/// HEALTH_RESPONSE (0x84).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthResponse {
+    #[prost(bool, tag = "1")]
+    pub ready: bool,
+    #[prost(message, repeated, tag = "2")]
+    pub models: Vec<ModelStatus>,
+}
