@@ -86,6 +86,9 @@ fn run(
     let mut bound_unix = None;
     let (listeners, http_listener, places) = match activated.filter(|a| !a.is_empty()) {
         Some(a) => {
+            // Sockets systemd hands over get the same security rules as ones bound here:
+            // a non-loopback listener needs TLS or a token, or the daemon refuses to start.
+            a.check(&cfg)?;
             let places = a.describe();
             let (listeners, mut http) = a.into_server_listeners();
             let http = match http.pop() {

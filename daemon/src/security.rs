@@ -12,9 +12,6 @@ use crate::config::{Config, ConfigErrorKind, Problem, ServerConfig};
 /// Shortest token accepted: long enough that guessing is hopeless.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// Whether TLS on HTTP is built in. When false, `http.tls_cert` is refused at validation.
-pub const HTTP_TLS_SUPPORTED: bool = false;
-
 /// Whether the binary-protocol server checks `server.auth_token_file` (the token in HELLO,
 /// docs/config.md). Until it does, configuring a token is refused rather than silently
 /// unenforced, and so is a non-loopback binary listener.
@@ -207,30 +204,13 @@ pub(crate) fn validate(c: &Config, out: &mut Vec<Problem>) {
             );
             false
         }
-        (Some(cert), Some(key)) => {
-            let mut ok = true;
-            for (k, f) in [("http.tls_cert", cert), ("http.tls_key", key)] {
-                if let Err(e) = std::fs::File::open(f) {
-                    push(
-                        ConfigErrorKind::Invalid,
-                        k,
-                        format!("cannot read {}: {e}", f.display()),
-                    );
-                    ok = false;
-                }
+        (Some(cert), Some(key)) => match tls_server_config(cert, key) {
+            Ok(_) => true,
+            Err(e) => {
+                push(ConfigErrorKind::Invalid, e.key(), e.to_string());
+                false
             }
-            if !HTTP_TLS_SUPPORTED {
-                push(
-                    ConfigErrorKind::Invalid,
-                    "http.tls_cert",
-                    "HTTPS is not built into this release: use http.auth_token_file behind a TLS-terminating proxy, \
-                     or keep HTTP on loopback"
-                        .into(),
-                );
-                ok = false;
-            }
-            ok
-        }
+        },
     };
     if let Some(addr) = h.listen.filter(|a| !is_loopback(a)) {
         if !tls && !http_token && h.auth_token_file.is_none() {
@@ -244,6 +224,66 @@ pub(crate) fn validate(c: &Config, out: &mut Vec<Problem>) {
             );
         }
     }
+}
+
+// === TLS ===
+
+/// Why a certificate or key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    Cert { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("the certificate and key do not go together: {0}")]
+    Mismatch(String),
+}
+
+impl TlsError {
+    /// The config key to blame.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Cert { .. } | TlsError::Mismatch(_) => "http.tls_cert",
+            TlsError::Key { .. } => "http.tls_key",
+        }
+    }
+}
+
+/// A rustls server configuration from PEM files: the certificate chain (leaf first) and its
+/// private key (PKCS#8, PKCS#1 or SEC1). TLS 1.2 and 1.3 with rustls' safe defaults; HTTP/1.1
+/// by ALPN.
+pub fn tls_server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>, TlsError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_err = |message: String| TlsError::Cert {
+        path: cert.to_owned(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(format!("cannot read certificates: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(cert_err("holds no PEM certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_owned(),
+        message: format!("not a PEM private key: {e}"),
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(cfg))
 }
 
 // === Peer credentials ===

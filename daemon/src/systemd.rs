@@ -376,6 +376,57 @@ impl Activated {
         (listeners, self.http.into_iter().map(|(_, l)| l).collect())
     }
 
+    /// The loopback rule for listeners systemd passed: a non-loopback binary TCP socket
+    /// needs `server.auth_token_file`, a non-loopback HTTP socket `http.auth_token_file`.
+    /// Call before serving on them.
+    pub fn check(&self, cfg: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+        use crate::config::{ConfigError, ConfigErrorKind, Problem};
+        let mut problems = Vec::new();
+        for (list, key, secured) in [
+            (
+                &self.tcp,
+                "server.auth_token_file",
+                cfg.server.auth_token_file.is_some(),
+            ),
+            (
+                &self.http,
+                "http.auth_token_file",
+                cfg.http.auth_token_file.is_some(),
+            ),
+        ] {
+            for (name, l) in list {
+                let addr = l.local_addr().map_err(|e| ConfigError {
+                    file: None,
+                    position: None,
+                    problems: vec![Problem {
+                        kind: ConfigErrorKind::Invalid,
+                        key: format!("LISTEN_FDS ({name})"),
+                        message: format!("getsockname: {e}"),
+                    }],
+                })?;
+                if !crate::security::is_loopback(&addr) && !secured {
+                    problems.push(Problem {
+                        kind: ConfigErrorKind::Insecure,
+                        key: key.to_owned(),
+                        message: format!(
+                            "systemd passed {addr} ({name}), which is reachable from other machines; refusing to \
+                             serve it without {key}"
+                        ),
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                file: None,
+                position: None,
+                problems,
+            })
+        }
+    }
+
     /// For logs: `name=unix:/run/…`, `name=tcp:127.0.0.1:7700`.
     pub fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -559,6 +610,24 @@ fn classify(fd: OwnedFd, _name: &str) -> Result<Passed, String> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn passed_listeners_off_loopback_need_a_token() {
+        let mut a = Activated::default();
+        a.tcp
+            .push(("binary".into(), TcpListener::bind("127.0.0.1:0").unwrap()));
+        a.http
+            .push(("http".into(), TcpListener::bind("127.0.0.1:0").unwrap()));
+        let mut cfg = crate::config::Config::default();
+        a.check(&cfg).unwrap();
+        a.http
+            .push(("http".into(), TcpListener::bind("0.0.0.0:0").unwrap()));
+        let e = a.check(&cfg).unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].key, "http.auth_token_file");
+        cfg.http.auth_token_file = Some("/run/credentials/http.token".into());
+        a.check(&cfg).unwrap();
+    }
 
     #[test]
     fn listen_fd_rules() {

@@ -10,6 +10,7 @@
 mod infer;
 mod kserve;
 mod predict;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -40,6 +41,8 @@ pub enum HttpError {
     },
     #[error("HTTP auth token: {0}")]
     Token(#[from] crate::security::TokenError),
+    #[error("HTTPS: {0}")]
+    Tls(#[from] crate::security::TlsError),
     #[error("starting the HTTP thread: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -97,6 +100,10 @@ pub fn spawn(
     server: Option<Arc<ServerStats>>,
     listener: TcpListener,
 ) -> Result<HttpHandle, HttpError> {
+    let tls = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::security::tls_server_config(cert, key)?),
+        _ => None,
+    };
     let token = cfg
         .http
         .auth_token_file
@@ -140,11 +147,21 @@ pub fn spawn(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
+                let stop = async move {
+                    let _ = stop_rx.await;
+                };
+                let served = match tls {
+                    None => {
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                    Some(tls) => {
+                        axum::serve(tls::TlsListener::new(listener, tls), router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                };
                 if let Err(e) = served {
                     tracing::error!("HTTP server stopped: {e}");
                 }

@@ -159,8 +159,8 @@ pub(super) async fn predict(
                 )
             })?;
             // A regressor's [N] or [N, 1] output reads as one value per row, like sklearn's predict().
-            let flat = info.outputs[out_idx].name != "probabilities"
-                && tensor.shape.iter().skip(1).all(|&d| d == 1);
+            let flat =
+                tensor.name != "probabilities" && tensor.shape.iter().skip(1).all(|&d| d == 1);
             let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
             let resp = PredictResponse {
                 predictions: Predictions { tensor, flat },
