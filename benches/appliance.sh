@@ -17,27 +17,14 @@
 # Needs release builds (built here), ORT_DYLIB_PATH (default .cache/ort/...), python3.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROOT=$PWD
 
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 STARTS=${STARTS:-5}
 PEERS=${PEERS:-1}
-export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.cache/ort/libonnxruntime.so.1.31.1}
-[ -f "$ORT_DYLIB_PATH" ] || { echo "appliance.sh: ORT_DYLIB_PATH=$ORT_DYLIB_PATH does not exist" >&2; exit 1; }
-
-cargo build --release -q -p edgeinferd -p edgeinfer
-BIN=$ROOT/target/release
-OUT=${OUT:-$ROOT/target/bench-appliance}
-rm -rf "$OUT" && mkdir -p "$OUT"
-RUN=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
+NAME=appliance
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

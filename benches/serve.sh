@@ -13,7 +13,6 @@
 # Needs release builds (built here) and ORT_DYLIB_PATH (default: .cache/ort/...).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROOT=$PWD
 
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -22,21 +21,9 @@ SAT_CONC=${SAT_CONC:-32}
 # cross-core wakeup alone costs ~30 µs and varies run to run, which would swamp what is
 # measured. Saturation runs use every core.
 PIN=${PIN_CORE:-0}
-export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.cache/ort/libonnxruntime.so.1.31.1}
-[ -f "$ORT_DYLIB_PATH" ] || { echo "serve.sh: ORT_DYLIB_PATH=$ORT_DYLIB_PATH does not exist" >&2; exit 1; }
-
-cargo build --release -q -p edgeinferd -p edgeinfer
-BIN=$ROOT/target/release
-OUT=${OUT:-$ROOT/target/bench-serve}
-rm -rf "$OUT" && mkdir -p "$OUT"
-RUN=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
+NAME=serve
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 CHURN=tests/fixtures/models/churn_rf.onnx
 IDENT=tests/fixtures/models/identity.onnx

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Shared start of the benchmark scripts: checks ORT, builds the release binaries, and
+# sets up $OUT (raw JSON), $RUN (scratch) and $PIDS (background processes killed on exit).
+# Source it after setting NAME (the script's name, used in messages and $OUT).
+ROOT=$PWD
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.cache/ort/libonnxruntime.so.1.31.1}
+[ -f "$ORT_DYLIB_PATH" ] || { echo "$NAME.sh: ORT_DYLIB_PATH=$ORT_DYLIB_PATH does not exist" >&2; exit 1; }
+
+cargo build --release -q -p edgeinferd -p edgeinfer
+BIN=$ROOT/target/release
+OUT=${OUT:-$ROOT/target/bench-$NAME}
+rm -rf "$OUT" && mkdir -p "$OUT"
+RUN=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
