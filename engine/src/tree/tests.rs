@@ -4,6 +4,10 @@
 //! what onnxruntime does. Where onnxruntime leaves a score unwritten (the second
 //! column of a one-column binary model under PROBIT, or without the binary case),
 //! we write 0 and the expectation says 0.
+//!
+//! `engine/tests/tree_tables.py` is the generator: it reads each generated case's
+//! ensemble and input from this file, runs it on onnxruntime, and checks (or with
+//! `--write` rewrites, then `rustfmt`) the expected labels and scores, bit for bit.
 
 use super::*;
 
