@@ -1,0 +1,24 @@
+"""edgeinfer: a Python client for edgeinferd's binary protocol (docs/protocol.md).
+
+    from edgeinfer import Client
+    c = Client(unix="/run/edgeinfer/edgeinferd.sock")
+    out = c.predict("churn", {"float_input": x})   # {name: numpy array}
+"""
+
+from .aio import AsyncClient
+from .client import Client, ClientPool, Stats
+from .errors import (ERRORS, BadFrame, BadInput, ConnectionClosed, DeadlineExceeded,
+                     EdgeInferError, FrameTooLarge, InputError, Internal,
+                     NotImplementedByServer, NotReady, Overloaded, ProtocolError, ServerError,
+                     ShuttingDown, Timeout, TooManyInFlight, Unauthenticated, Unavailable,
+                     UnknownModel, UnknownOpcode, UnsupportedVersion, server_error)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient", "Client", "ClientPool", "Stats", "ERRORS", "BadFrame", "BadInput",
+    "ConnectionClosed", "DeadlineExceeded", "EdgeInferError", "FrameTooLarge", "InputError",
+    "Internal", "NotImplementedByServer", "NotReady", "Overloaded", "ProtocolError",
+    "ServerError", "ShuttingDown", "Timeout", "TooManyInFlight", "Unauthenticated",
+    "Unavailable", "UnknownModel", "UnknownOpcode", "UnsupportedVersion", "server_error",
+]
