@@ -7,6 +7,8 @@ precomputes and caches the parts that do not change between calls of one model.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _codec as c
@@ -18,6 +20,8 @@ _MAGIC = c.MAGIC
 _ZEROS = c.ZEROS
 _varint = c.varint
 _FLOATS = (1, 2)
+_sum = np.add.reduce
+_isfinite = math.isfinite
 
 
 def byte_view(part) -> memoryview:
@@ -124,7 +128,10 @@ def encode_predict(spec: ModelSpec, request_id: int, inputs: dict, outputs, dead
                 raise InputError(f"input {name!r} has shape {list(shape)}, model "
                                  f"{spec.name!r} declares {_describe(s.shape)}")
             prefix = s.prefix
-            if s.finite and not allow_non_finite and arr.size and not np.isfinite(arr).all():
+            # The sum is finite unless an element is NaN/inf (or the sum overflows, which
+            # the exact check then rules out): one reduction instead of a boolean array.
+            if s.finite and not allow_non_finite and not _isfinite(_sum(arr, None)) \
+                    and not np.isfinite(arr).all():
                 i = int(np.flatnonzero(~np.isfinite(arr.reshape(-1)))[0])
                 raise InputError(f"input {name!r} has a NaN or infinite value at element {i} "
                                  "(the server refuses them; Client(allow_non_finite=True) if "
@@ -193,6 +200,30 @@ def encode_predict(spec: ModelSpec, request_id: int, inputs: dict, outputs, dead
                          f"{limits['max_meta_bytes']}")
     arrays.insert(0, head)
     return arrays, total
+
+
+def hello_fields(client_name: str, token: str | None) -> dict:
+    return {"versions": [1], "client": client_name, "token": token or ""}
+
+
+def apply_hello(limits: dict, hr: dict) -> None:
+    """Takes the server's limits from a HELLO_RESPONSE (0 = not said: keep the default)."""
+    for k in ("max_frame_bytes", "max_meta_bytes", "max_in_flight", "max_tensors", "max_rank"):
+        if hr[k]:
+            limits[k] = hr[k]
+
+
+def status_of(endpoint: str, hr: dict, health: dict) -> dict:
+    """What `edgeinfer status --json` prints."""
+    return {"endpoint": endpoint, "server": hr["server"], "protocol": hr["version"],
+            "max_frame_bytes": hr["max_frame_bytes"], "max_in_flight": hr["max_in_flight"],
+            "ready": health["ready"], "models": health["models"]}
+
+
+def named_dtypes(md: dict) -> dict:
+    for t in md["inputs"] + md["outputs"]:
+        t["dtype_name"] = c.DTYPE_NAMES.get(t["dtype"], str(t["dtype"]))
+    return md
 
 
 def encode_message_frame(opcode: int, request_id: int, name: str, fields: dict) -> bytes:

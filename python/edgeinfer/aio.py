@@ -324,7 +324,7 @@ class AsyncClient:
             raise Unavailable(f"cannot connect to {describe(self._target)}: {e}") from e
         conn = _Conn(self, sock, loop)
         if self._hello:
-            msg = {"versions": [1], "client": self._client_name, "token": self._token or ""}
+            msg = f.hello_fields(self._client_name, self._token)
             try:
                 hr = await asyncio.wait_for(
                     self._send_message(conn, c.HELLO, c.HELLO_RESPONSE, "Hello", msg,
@@ -337,10 +337,7 @@ class AsyncClient:
                 conn.fail(ConnectionClosed("HELLO failed"))
                 raise
             self.server = hr
-            for k in ("max_frame_bytes", "max_meta_bytes", "max_in_flight", "max_tensors",
-                      "max_rank"):
-                if hr[k]:
-                    self.limits[k] = hr[k]
+            f.apply_hello(self.limits, hr)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_in_flight or self.limits["max_in_flight"])
         self._conn = conn
@@ -427,11 +424,9 @@ class AsyncClient:
         return await self._submit(conn, rid, parts, c.PREDICT_RESPONSE, spec, version)
 
     async def metadata(self, model: str, version: str | None = None) -> dict:
-        md = await self._call(c.METADATA, c.METADATA_RESPONSE, "MetadataRequest",
-                              {"model": model, "version": version})
-        for t in md["inputs"] + md["outputs"]:
-            t["dtype_name"] = c.DTYPE_NAMES.get(t["dtype"], str(t["dtype"]))
-        return md
+        return f.named_dtypes(await self._call(c.METADATA, c.METADATA_RESPONSE,
+                                               "MetadataRequest",
+                                               {"model": model, "version": version}))
 
     async def health(self) -> dict:
         return await self._call(c.HEALTH, c.HEALTH_RESPONSE, "HealthRequest", {})
@@ -439,13 +434,9 @@ class AsyncClient:
     async def status(self) -> dict:
         conn = await self._get_conn()
         hr = self.server or await self._send_message(
-            conn, c.HELLO, c.HELLO_RESPONSE, "Hello",
-            {"versions": [1], "client": self._client_name, "token": self._token or ""})
-        h = await self.health()
-        return {"endpoint": describe(self._target), "server": hr["server"],
-                "protocol": hr["version"], "max_frame_bytes": hr["max_frame_bytes"],
-                "max_in_flight": hr["max_in_flight"], "ready": h["ready"],
-                "models": h["models"]}
+            conn, c.HELLO, c.HELLO_RESPONSE, "Hello", f.hello_fields(self._client_name,
+                                                                    self._token))
+        return f.status_of(describe(self._target), hr, await self.health())
 
     async def request_raw(self, opcode: int, meta: bytes = b"", data=(), *, flags: int = 0,
                           version: int = 1):

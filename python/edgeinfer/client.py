@@ -131,7 +131,7 @@ class Client:
         if self._hello:
             self._set_timeout(self._connect_timeout)
             try:
-                msg = {"versions": [1], "client": self._client_name, "token": self._token or ""}
+                msg = f.hello_fields(self._client_name, self._token)
                 rid = self._next_id()
                 frame = f.encode_message_frame(c.HELLO, rid, "Hello", msg)
                 buf, op, ml, _, _ = self._exchange([frame], len(frame), rid)
@@ -140,10 +140,7 @@ class Client:
                 self._close()
                 raise
             self.server = hr
-            for k in ("max_frame_bytes", "max_meta_bytes", "max_in_flight", "max_tensors",
-                      "max_rank"):
-                if hr[k]:
-                    self.limits[k] = hr[k]
+            f.apply_hello(self.limits, hr)
         self._set_timeout(self._timeout)
 
     def _set_timeout(self, t):
@@ -317,11 +314,8 @@ class Client:
     def metadata(self, model: str, version: str | None = None) -> dict:
         """The model's METADATA_RESPONSE: name, version, versions, inputs and outputs
         ({name, dtype, shape} with -1 for dynamic dimensions), backend, ready, load_report."""
-        md = self._call(c.METADATA, c.METADATA_RESPONSE, "MetadataRequest",
-                        {"model": model, "version": version})
-        for t in md["inputs"] + md["outputs"]:
-            t["dtype_name"] = c.DTYPE_NAMES.get(t["dtype"], str(t["dtype"]))
-        return md
+        return f.named_dtypes(self._call(c.METADATA, c.METADATA_RESPONSE, "MetadataRequest",
+                                         {"model": model, "version": version}))
 
     def health(self) -> dict:
         """HEALTH_RESPONSE: {ready, models: [{name, version, backend, ready, default,
@@ -330,17 +324,13 @@ class Client:
 
     def hello(self) -> dict:
         """Sends HELLO again and returns the HELLO_RESPONSE (protocol version and limits)."""
-        msg = {"versions": [1], "client": self._client_name, "token": self._token or ""}
-        return self._call(c.HELLO, c.HELLO_RESPONSE, "Hello", msg)
+        return self._call(c.HELLO, c.HELLO_RESPONSE, "Hello",
+                          f.hello_fields(self._client_name, self._token))
 
     def status(self) -> dict:
         """What `edgeinfer status --json` prints: the server, its limits and its health."""
         hr = self.server or self.hello()
-        h = self.health()
-        return {"endpoint": describe(self._target), "server": hr["server"],
-                "protocol": hr["version"], "max_frame_bytes": hr["max_frame_bytes"],
-                "max_in_flight": hr["max_in_flight"], "ready": h["ready"],
-                "models": h["models"]}
+        return f.status_of(describe(self._target), hr, self.health())
 
     def request_raw(self, opcode: int, meta: bytes = b"", data=(), *, flags: int = 0,
                     version: int = 1, data_len: int | None = None):

@@ -7,9 +7,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
 
 bash tools/ci/provision.sh
+bash tools/ci/provision-python.sh
 
 export ORT_DYLIB_PATH="$repo/.cache/ort/libonnxruntime.so.1.31.1"
 export EDGEINFER_TEST_PYTHON="$repo/.cache/venv-test/bin/python"
+export EDGEINFER_CLIENT_PYTHON="$repo/.cache/venv-client/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== cargo fmt --check"
