@@ -21,6 +21,7 @@ _ZEROS = c.ZEROS
 _varint = c.varint
 _FLOATS = (1, 2)
 _sum = np.add.reduce
+_frombuffer = np.frombuffer
 _isfinite = math.isfinite
 
 
@@ -269,15 +270,16 @@ def _decode_tm(raw: bytes) -> tuple:
     return t
 
 
-def _read_varint(buf, pos):
-    b = buf[pos]
-    if b < 0x80:
-        return b, pos + 1
-    return c.read_varint(buf, pos, len(buf))
-
-
 def decode_predict_response(buf, meta_end: int, data_offset: int, total: int):
     """(outputs dict of numpy views over `buf`, version, backend, queue_us, compute_us)."""
+    try:
+        return _decode_predict_response(buf, meta_end, data_offset, total)
+    except (IndexError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"unreadable PREDICT_RESPONSE: {e}") from None
+
+
+def _decode_predict_response(buf, meta_end, data_offset, total):
+    # Every v1 field is one key byte then a varint (a value or a length): read both at once.
     pos = 32
     outputs = {}
     version = backend = ""
@@ -285,34 +287,38 @@ def decode_predict_response(buf, meta_end: int, data_offset: int, total: int):
     nxt = 0
     end = 0
     data_len = total - data_offset
+    cache = _TM_CACHE
     while pos < meta_end:
+        if pos + 1 >= meta_end:
+            raise ProtocolError("PREDICT_RESPONSE metadata is truncated")
         key = buf[pos]
-        pos += 1
+        n = buf[pos + 1]
+        if n >= 0x80:
+            n, pos = c.read_varint(buf, pos + 1, meta_end)
+        else:
+            pos += 2
         if key == 0x1A:
-            n, pos = _read_varint(buf, pos)
             raw = bytes(buf[pos:pos + n])
             pos += n
-            t = _TM_CACHE.get(raw) or _decode_tm(raw)
-            name, dt, shape, off, length, count = t
+            name, dt, shape, off, length, count = cache.get(raw) or _decode_tm(raw)
             if off != nxt or off + length > data_len or name in outputs:
                 raise ProtocolError(f"output {name!r} is not where the canonical layout puts it")
             end = off + length
             nxt = (end + 63) & ~63
-            a = np.frombuffer(buf, dt, count, data_offset + off)
+            a = _frombuffer(buf, dt, count, data_offset + off)
             outputs[name] = a.reshape(shape) if len(shape) != 1 else a
-        elif key == 0x0A or key == 0x12 or key == 0x22:
-            n, pos = _read_varint(buf, pos)
-            if key != 0x0A:
-                s = bytes(buf[pos:pos + n]).decode()
-                if key == 0x12:
-                    version = s
-                else:
-                    backend = s
+        elif key == 0x12:
+            version = buf[pos:pos + n].decode()
+            pos += n
+        elif key == 0x22:
+            backend = buf[pos:pos + n].decode()
+            pos += n
+        elif key == 0x0A:
             pos += n
         elif key == 0x28:
-            queue_us, pos = _read_varint(buf, pos)
+            queue_us = n
         elif key == 0x30:
-            compute_us, pos = _read_varint(buf, pos)
+            compute_us = n
         else:
             # Anything unusual (a field added later, a multi-byte key): the generic decoder.
             return _decode_predict_response_slow(buf, meta_end, data_offset, total)
