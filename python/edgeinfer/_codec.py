@@ -284,11 +284,14 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
         if tag not in schema:
             continue
         key, kind = schema[tag]
+        # As prost: a known field of the wrong wire type is an error (packed repeated
+        # scalars may come either way).
         if kind in ("pu32", "pu64", "pi64"):
             ok = wt in (0, 2)
+        elif isinstance(kind, tuple) or kind in ("str", "optstr", "bytes", "rstr"):
+            ok = wt == 2
         else:
-            ok = (wt == 2) == (isinstance(kind, tuple) or kind in ("str", "optstr", "bytes",
-                                                                    "rstr"))
+            ok = wt == 0
         if not ok:
             raise CodecError(BAD_FRAME, f"metadata does not decode: wrong wire type for {key}")
         if isinstance(kind, tuple):

@@ -188,3 +188,31 @@ def test_unknown_fields_are_skipped_and_unpacked_repeats_accepted():
            + b"\x18\x02\x18\x03")
     m = c.decode_message("TensorMeta", raw)
     assert m["name"] == "x" and m["shape"] == [2, 3]
+
+
+def test_mutated_frames_are_refused_with_codec_errors_only():
+    """Seeded byte flips and truncations of every valid vector: the codec and the client's
+    response decoder either accept the frame or refuse it with their own error, never
+    another exception (the Rust codec's guarantee, proptest- and fuzz-checked there)."""
+    import random
+    from edgeinfer.errors import ProtocolError
+    rnd = random.Random(12)
+    for v in VALID:
+        frame = unhex(v["frame"])
+        for _ in range(300):
+            b = bytearray(frame)
+            for _ in range(rnd.randint(1, 3)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+            if rnd.random() < 0.2:
+                del b[rnd.randrange(len(b)):]
+            try:
+                c.decode_frame(bytes(b))
+            except c.CodecError:
+                pass
+            if len(b) >= 32 and b[5] == c.PREDICT_RESPONSE:
+                try:
+                    op, rid, ml, data_offset, total = f.check_header(b, c.DEFAULT_LIMITS)
+                    if total == len(b):
+                        f.decode_predict_response(b, 32 + ml, data_offset, total)
+                except ProtocolError:
+                    pass
