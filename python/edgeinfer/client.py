@@ -113,6 +113,8 @@ class Client:
         self._sock = None
         self._rid = 0
         self._specs: dict = {}
+        # The first read of an answer: small answers arrive in one recv_into; a larger one
+        # gets a buffer of its own size and only these bytes are copied.
         self._guess = 4096
         self.server: dict | None = None
         self.limits = dict(c.DEFAULT_LIMITS)
@@ -197,8 +199,6 @@ class Client:
                 big = bytearray(ftotal)
                 big[:got] = view[:got]
                 buf, view = big, memoryview(big)
-                if ftotal > self._guess:
-                    self._guess = min(ftotal, 1 << 20)
             while got < ftotal:
                 k = sock.recv_into(view[got:ftotal])
                 if k == 0:
@@ -222,6 +222,10 @@ class Client:
         if got > ftotal or (arid != rid and arid != 0):
             self._close()
             raise ProtocolError(f"answer for request {arid} (sent {rid}), or bytes after it")
+        if len(buf) != ftotal:
+            # Outputs keep the frame alive: let them keep only the frame.
+            view.release()
+            del buf[ftotal:]
         self.stats.bytes_received += ftotal
         if op == c.ERROR:
             err = f.decode_error(buf, 32 + ml, rid)
