@@ -403,6 +403,15 @@ fn trial(loaded: &Loaded) -> Result<Trial> {
     Ok(Trial { outputs, p50_us })
 }
 
+/// The rule of `auto`: the lowest p50 among the candidates whose outputs matched the
+/// reference; on a tie, the first listed (ORT's CUDA, then CPU, then tract).
+fn fastest_matching(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates
+        .iter()
+        .filter(|c| c.matches_reference)
+        .reduce(|best, c| if c.p50_us < best.p50_us { c } else { best })
+}
+
 fn choose_fastest(loaded: Vec<Loaded>, mut fallbacks: Vec<Fallback>) -> Result<Model> {
     let trials: Vec<Result<Trial>> = loaded.iter().map(trial).collect();
     // ONNX Runtime on CPU is the reference implementation; without it, the first that ran.
@@ -468,10 +477,7 @@ fn choose_fastest(loaded: Vec<Loaded>, mut fallbacks: Vec<Fallback>) -> Result<M
             }
         }
     }
-    let best = candidates
-        .iter()
-        .filter(|c| c.matches_reference)
-        .min_by(|a, b| a.p50_us.total_cmp(&b.p50_us))
+    let best = fastest_matching(&candidates)
         .expect("the reference matches itself")
         .clone();
     let others: Vec<String> = candidates
@@ -530,6 +536,49 @@ fn fmt_us(us: f64) -> String {
 mod tests {
     use super::*;
     use crate::{OutputTensor, TensorSpec};
+
+    fn cand(backend: Backend, p50_us: f64, matches_reference: bool) -> Candidate {
+        Candidate {
+            backend,
+            p50_us,
+            matches_reference,
+        }
+    }
+
+    /// Each table's winner is written down by hand, not recomputed.
+    #[test]
+    fn auto_keeps_the_fastest_candidate_that_matched() {
+        use Backend::{OrtCpu, OrtCuda, Tract};
+        let winner = |c: &[Candidate]| fastest_matching(c).map(|c| c.backend);
+        assert_eq!(
+            winner(&[cand(OrtCpu, 12.0, true), cand(Tract, 3.5, true)]),
+            Some(Tract)
+        );
+        assert_eq!(
+            winner(&[cand(OrtCpu, 2.0, true), cand(Tract, 3.5, true)]),
+            Some(OrtCpu)
+        );
+        // The fastest gave different answers: it is out.
+        assert_eq!(
+            winner(&[cand(OrtCpu, 12.0, true), cand(Tract, 1.0, false)]),
+            Some(OrtCpu)
+        );
+        assert_eq!(
+            winner(&[
+                cand(OrtCuda, 40.0, true),
+                cand(OrtCpu, 9.0, true),
+                cand(Tract, 8.0, false)
+            ]),
+            Some(OrtCpu)
+        );
+        // A tie keeps the first listed.
+        assert_eq!(
+            winner(&[cand(OrtCpu, 5.0, true), cand(Tract, 5.0, true)]),
+            Some(OrtCpu)
+        );
+        assert_eq!(winner(&[cand(Tract, 5.0, false)]), None);
+        assert_eq!(winner(&[]), None);
+    }
 
     fn spec(name: &str, dtype: DType, shape: Vec<Dim>) -> TensorSpec {
         TensorSpec {

@@ -86,16 +86,7 @@ impl GpuProbe {
 pub fn probe_gpus() -> GpuProbe {
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(n) => n,
-        Err(e) => {
-            return GpuProbe {
-                nvml_available: false,
-                driver_version: None,
-                gpus: Vec::new(),
-                error: Some(format!(
-                    "NVML unavailable (no NVIDIA driver or libnvidia-ml.so): {e}"
-                )),
-            }
-        }
+        Err(e) => return nvml_absent(e),
     };
     let driver_version = nvml.sys_driver_version().ok();
     let count = match nvml.device_count() {
@@ -115,6 +106,18 @@ pub fn probe_gpus() -> GpuProbe {
         driver_version,
         gpus,
         error: None,
+    }
+}
+
+/// The finding when NVML itself does not answer (no driver, no libnvidia-ml.so).
+fn nvml_absent(e: impl std::fmt::Display) -> GpuProbe {
+    GpuProbe {
+        nvml_available: false,
+        driver_version: None,
+        gpus: Vec::new(),
+        error: Some(format!(
+            "NVML unavailable (no NVIDIA driver or libnvidia-ml.so): {e}"
+        )),
     }
 }
 
@@ -238,23 +241,72 @@ mod tests {
         }
     }
 
-    #[test]
-    fn nvml_absent_here_is_a_finding_with_a_reason() {
-        // This machine has no NVIDIA driver: the probe must say so, not fail or panic.
-        let probe = probe_gpus();
-        assert!(!probe.nvml_available, "{probe:?}");
-        assert!(probe.gpus.is_empty());
-        let why = probe.why_unusable().unwrap();
-        assert!(why.contains("NVML unavailable"), "{why}");
+    /// No usable GPU: "preferred" runs on CPU saying `why`, "required" refuses with it.
+    fn assert_plans_cpu_because(probe: &GpuProbe, why: &str) {
         assert_eq!(
-            plan_gpu(GpuPolicy::Preferred, &probe).unwrap(),
+            plan_gpu(GpuPolicy::Preferred, probe).unwrap(),
             GpuPlan::Cpu {
                 reason: Some(format!("no usable GPU: {why}"))
             }
         );
-        let err = plan_gpu(GpuPolicy::Required, &probe).unwrap_err();
+        let err = plan_gpu(GpuPolicy::Required, probe).unwrap_err();
         assert_eq!(err.kind, ErrorKind::GpuUnavailable);
-        assert!(err.message.contains("NVML unavailable"), "{err}");
+        assert!(err.message.contains(why), "{err}");
+    }
+
+    #[test]
+    fn absent_nvml_is_a_finding_with_a_reason() {
+        let probe = nvml_absent("libnvidia-ml.so.1: cannot open shared object file");
+        assert!(probe.gpus.is_empty());
+        let why = probe.why_unusable().unwrap();
+        assert_eq!(
+            why,
+            "NVML unavailable (no NVIDIA driver or libnvidia-ml.so): \
+             libnvidia-ml.so.1: cannot open shared object file"
+        );
+        assert_plans_cpu_because(&probe, &why);
+    }
+
+    /// The real probe on whatever machine runs this: it must not fail or panic, and
+    /// what it found must be self-consistent and planned accordingly (GPU or not).
+    #[test]
+    fn the_real_probe_is_consistent_with_its_plan() {
+        let probe = probe_gpus();
+        if !probe.nvml_available {
+            assert!(probe.gpus.is_empty(), "{probe:?}");
+            assert!(
+                probe.error.as_deref().unwrap().contains("NVML unavailable"),
+                "{probe:?}"
+            );
+        }
+        for g in &probe.gpus {
+            assert_eq!(g.usable(), g.problem.is_none(), "{g:?}");
+            if g.problem.is_none() {
+                assert!(g.memory_free_bytes >= MIN_FREE_MEMORY_BYTES, "{g:?}");
+                assert!(g.memory_free_bytes <= g.memory_total_bytes, "{g:?}");
+            }
+        }
+        match probe.best_usable() {
+            Some(gpu) => {
+                assert_eq!(probe.why_unusable(), None);
+                for policy in [GpuPolicy::Preferred, GpuPolicy::Required] {
+                    assert_eq!(
+                        plan_gpu(policy, &probe).unwrap(),
+                        GpuPlan::TryCuda { device: gpu.index }
+                    );
+                }
+            }
+            None => {
+                let why = probe
+                    .why_unusable()
+                    .expect("a reason when no GPU is usable");
+                assert_plans_cpu_because(&probe, &why);
+            }
+        }
+        assert_eq!(
+            plan_gpu(GpuPolicy::Never, &probe).unwrap(),
+            GpuPlan::Cpu { reason: None }
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub use auto::{
     compare_outputs, load_model_with_probe, synth_inputs, InputTensor, OUTPUT_TOLERANCE,
 };
 pub use gpu::{probe_gpus, GpuInfo, GpuProbe};
-pub use ort_engine::{expected_ort_version, ort_status, OrtStatus};
+pub use ort_engine::{
+    expected_ort_version, locate_ort_library, ort_library_defaults, ort_status, OrtStatus,
+    ORT_LIBRARY_FILE,
+};
 pub use tensor::{DType, Dim, ModelInfo, OutputTensor, Outputs, TensorSpec, TensorView};
 
 /// The tract-onnx release line the tract backend is built on (the workspace pins
@@ -159,8 +162,8 @@ pub enum GpuPolicy {
 pub struct LoadOptions {
     pub engine: EngineChoice,
     pub gpu: GpuPolicy,
-    /// Path of `libonnxruntime.so` (ONNX Runtime 1.31.x); `None` means `ORT_DYLIB_PATH`.
-    /// There is no default search: an appliance should load the library it was tested with.
+    /// Path of `libonnxruntime.so` (ONNX Runtime 1.31.x); `None` means `ORT_DYLIB_PATH`,
+    /// then the default places ([`locate_ort_library`]), which hold only the tested build.
     pub ort_library: Option<PathBuf>,
     /// Threads ORT may use inside one run. Serving uses 1: one session per core.
     pub intra_op_threads: usize,
@@ -255,6 +258,55 @@ impl Model {
     }
 }
 
+/// A declared shape as a user reads it: `[N, 20]`, a dynamic dimension as `N`.
+pub fn fmt_declared_shape(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Dynamic => "N".to_string(),
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// Why `shape` does not fit `spec`, in the model's terms: the common case (rows of the
+/// wrong width) says "expected 20 values per row, got 3".
+fn shape_mismatch(spec: &TensorSpec, shape: &[usize]) -> String {
+    let declared = fmt_declared_shape(&spec.shape);
+    let got = format!("{shape:?}");
+    let name = &spec.name;
+    if shape.len() != spec.shape.len() {
+        return format!(
+            "input {name:?} has {} dimension(s) {got}, the model declares {}: {declared}",
+            shape.len(),
+            spec.shape.len()
+        );
+    }
+    let last = shape.len() - 1;
+    let (axis, want) = spec
+        .shape
+        .iter()
+        .zip(shape)
+        .enumerate()
+        .find_map(|(i, (d, s))| match d {
+            Dim::Fixed(n) if n != s => Some((i, *n)),
+            _ => None,
+        })
+        .expect("a shape that is refused differs in some fixed dimension");
+    if axis == last && shape.len() == 2 {
+        format!(
+            "input {name:?}: expected {want} values per row, got {} (shape {got}, the model declares {declared})",
+            shape[axis]
+        )
+    } else {
+        format!(
+            "input {name:?}: dimension {axis} is {}, the model declares {want} (shape {got}, declared {declared})",
+            shape[axis]
+        )
+    }
+}
+
 /// Check inputs against the model's declaration before any backend sees them.
 pub fn validate_inputs(
     info: &ModelInfo,
@@ -284,10 +336,7 @@ pub fn validate_inputs(
         if !spec.accepts_shape(view.shape) {
             return Err(EngineError::new(
                 ErrorKind::BadInput,
-                format!(
-                    "input {:?} has shape {:?}, the model declares {:?}",
-                    spec.name, view.shape, spec.shape
-                ),
+                shape_mismatch(spec, view.shape),
             ));
         }
         if view.dtype == DType::Bool {
@@ -370,5 +419,53 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, ErrorKind::BadInput);
         assert!(err.message.contains("element 1"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_shape_is_said_in_the_models_terms() {
+        let info = ModelInfo {
+            inputs: vec![TensorSpec {
+                name: "input".into(),
+                dtype: DType::F32,
+                shape: vec![Dim::Dynamic, Dim::Fixed(20)],
+            }],
+            outputs: vec![],
+        };
+        let check = |shape: &[usize], want: &str| {
+            let n: usize = shape.iter().product();
+            let data = vec![0.5f32; n];
+            let err =
+                validate_inputs(&info, &[TensorView::from_f32(shape, &data)], false).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::BadInput);
+            assert_eq!(err.message, want);
+            assert!(!err.message.contains("Fixed") && !err.message.contains("Dynamic"));
+        };
+        check(
+            &[1, 3],
+            "input \"input\": expected 20 values per row, got 3 (shape [1, 3], the model declares [N, 20])",
+        );
+        check(
+            &[3],
+            "input \"input\" has 1 dimension(s) [3], the model declares 2: [N, 20]",
+        );
+        check(
+            &[1, 2, 20],
+            "input \"input\" has 3 dimension(s) [1, 2, 20], the model declares 2: [N, 20]",
+        );
+        let info = ModelInfo {
+            inputs: vec![TensorSpec {
+                name: "image".into(),
+                dtype: DType::F32,
+                shape: vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(8), Dim::Fixed(8)],
+            }],
+            outputs: vec![],
+        };
+        let data = vec![0.5f32; 64];
+        let err = validate_inputs(&info, &[TensorView::from_f32(&[1, 1, 8, 8], &data)], false)
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "input \"image\": dimension 1 is 1, the model declares 3 (shape [1, 1, 8, 8], declared [N, 3, 8, 8])"
+        );
     }
 }

@@ -103,18 +103,67 @@ fn unavailable(message: impl Into<String>) -> EngineError {
     EngineError::new(ErrorKind::LibraryUnavailable, message)
 }
 
-/// The library path: `opts.ort_library`, else `ORT_DYLIB_PATH`.
+/// The file name of the ONNX Runtime build this release is tested with. The default
+/// places are searched for exactly this name, so no other version is picked up by chance.
+pub const ORT_LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+
+/// Where [`locate_ort_library`] looks when neither `engine.ort_library` (or a tool's
+/// `--ort-library`) nor `ORT_DYLIB_PATH` names a library, in order: the `.cache/ort/` of
+/// the checkout a binary was built in (`target/{debug,release}/` → `../../.cache/ort/`,
+/// where `tools/ci/provision.sh` puts it), then `/usr/lib/edgeinfer/` (the install).
+pub fn ort_library_defaults() -> Vec<PathBuf> {
+    let mut places = Vec::new();
+    if let Some(checkout) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+    {
+        places.push(checkout.join(".cache/ort").join(ORT_LIBRARY_FILE));
+    }
+    places.push(Path::new("/usr/lib/edgeinfer").join(ORT_LIBRARY_FILE));
+    places
+}
+
+/// The ONNX Runtime library the daemon and `edgeinfer doctor` both load: `configured`
+/// (`engine.ort_library`, `--ort-library`) if set, else `ORT_DYLIB_PATH` if set and not
+/// empty, else the first of [`ort_library_defaults`] that exists. A path named
+/// explicitly is returned even if missing, so the error names what was asked for.
+pub fn locate_ort_library(configured: Option<&Path>) -> Result<PathBuf> {
+    search_ort_library(
+        configured,
+        std::env::var_os("ORT_DYLIB_PATH"),
+        &ort_library_defaults(),
+        |p| p.is_file(),
+    )
+}
+
+/// [`locate_ort_library`] on explicit inputs.
+fn search_ort_library(
+    configured: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    defaults: &[PathBuf],
+    exists: impl Fn(&Path) -> bool,
+) -> Result<PathBuf> {
+    if let Some(p) = configured {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = env.filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(found) = defaults.iter().find(|p| exists(p)) {
+        return Ok(found.clone());
+    }
+    let searched: Vec<String> = defaults.iter().map(|p| p.display().to_string()).collect();
+    Err(unavailable(format!(
+        "no ONNX Runtime library found: engine.ort_library and ORT_DYLIB_PATH are unset and \
+         {ORT_LIBRARY_FILE} is in none of {} (ONNX Runtime {}.x; tools/ci/provision.sh fetches it)",
+        searched.join(", "),
+        expected_ort_version()
+    )))
+}
+
+/// The library path for `opts`: see [`locate_ort_library`].
 pub(crate) fn library_path(opts: &LoadOptions) -> Result<PathBuf> {
-    if let Some(p) = &opts.ort_library {
-        return Ok(p.clone());
-    }
-    match std::env::var_os("ORT_DYLIB_PATH") {
-        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-        _ => Err(unavailable(format!(
-            "no ONNX Runtime library configured: set ort_library or ORT_DYLIB_PATH to libonnxruntime.so (ONNX Runtime {}.x)",
-            expected_ort_version()
-        ))),
-    }
+    locate_ort_library(opts.ort_library.as_deref())
 }
 
 /// The process's ONNX Runtime, loading it on first use.
@@ -659,4 +708,72 @@ fn copy_pod<T: bytemuck::Pod>((shape, data): (&ort::value::Shape, &[T]), dst: &m
 fn set_shape(dst: &mut OutputTensor, shape: &[i64]) {
     dst.shape.clear();
     dst.shape.extend(shape.iter().map(|&d| d.max(0) as usize));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn places() -> Vec<PathBuf> {
+        vec![
+            PathBuf::from("/repo/.cache/ort/libonnxruntime.so.1.31.1"),
+            PathBuf::from("/usr/lib/edgeinfer/libonnxruntime.so.1.31.1"),
+        ]
+    }
+
+    #[test]
+    fn the_search_order_is_configured_then_env_then_defaults() {
+        let all = |_: &Path| true;
+        let configured = Path::new("/etc/edgeinfer/libonnxruntime.so");
+        let env = Some(std::ffi::OsString::from(
+            "/opt/ort/libonnxruntime.so.1.31.1",
+        ));
+        assert_eq!(
+            search_ort_library(Some(configured), env.clone(), &places(), all).unwrap(),
+            configured
+        );
+        assert_eq!(
+            search_ort_library(None, env, &places(), all).unwrap(),
+            Path::new("/opt/ort/libonnxruntime.so.1.31.1")
+        );
+        // An empty ORT_DYLIB_PATH is unset, as for `ort` itself.
+        assert_eq!(
+            search_ort_library(None, Some("".into()), &places(), all).unwrap(),
+            places()[0]
+        );
+        let only_installed = |p: &Path| p.starts_with("/usr/lib/edgeinfer");
+        assert_eq!(
+            search_ort_library(None, None, &places(), only_installed).unwrap(),
+            places()[1]
+        );
+    }
+
+    #[test]
+    fn nothing_found_names_every_place_searched() {
+        let e = search_ort_library(None, None, &places(), |_| false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::LibraryUnavailable);
+        for p in places() {
+            assert!(e.message.contains(&p.display().to_string()), "{e}");
+        }
+        assert!(e.message.contains("ORT_DYLIB_PATH"), "{e}");
+    }
+
+    #[test]
+    fn the_defaults_are_the_checkout_cache_then_the_install_dir() {
+        let defaults = ort_library_defaults();
+        let exe = std::env::current_exe().unwrap();
+        // This test binary is target/debug/deps/<name>: three levels up is `target/`.
+        let checkout = exe.parent().unwrap().parent().unwrap().parent().unwrap();
+        assert_eq!(
+            defaults,
+            [
+                checkout.join(".cache/ort/libonnxruntime.so.1.31.1"),
+                PathBuf::from("/usr/lib/edgeinfer/libonnxruntime.so.1.31.1"),
+            ]
+        );
+        assert_eq!(
+            ORT_LIBRARY_FILE,
+            format!("libonnxruntime.so.{}.1", expected_ort_version())
+        );
+    }
 }

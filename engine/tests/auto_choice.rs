@@ -23,21 +23,35 @@ fn assert_fastest_matching(model: &Model) {
         report.candidates.iter().all(|c| c.p50_us > 0.0),
         "{report:?}"
     );
-    let best = report
+    // Which backend wins depends on this machine's timings; the rule itself is unit-tested
+    // on hand-written tables (auto.rs, `auto_keeps_the_fastest_candidate_that_matched`).
+    // Here: the one serving is a candidate that matched, and the reason names it and
+    // every other candidate with its time.
+    let chosen = report
         .candidates
         .iter()
-        .filter(|c| c.matches_reference)
-        .min_by(|a, b| a.p50_us.total_cmp(&b.p50_us))
-        .unwrap();
-    assert_eq!(model.backend(), best.backend, "{report:?}");
+        .find(|c| c.backend == model.backend())
+        .unwrap_or_else(|| panic!("the serving backend was timed: {report:?}"));
+    assert!(chosen.matches_reference, "{report:?}");
     assert!(
         report
             .reason
-            .starts_with(&format!("{}: fastest matching (", best.backend)),
+            .starts_with(&format!("{}: fastest matching (", model.backend())),
         "{}",
         report.reason
     );
-    assert!(report.reason.contains(" vs "), "{}", report.reason);
+    for other in report
+        .candidates
+        .iter()
+        .filter(|c| c.backend != model.backend())
+    {
+        assert!(
+            report.reason.contains(&format!(" {} ", other.backend))
+                || report.reason.contains(&format!("vs {} ", other.backend)),
+            "{other:?} missing from {}",
+            report.reason
+        );
+    }
 }
 
 #[test]

@@ -144,7 +144,8 @@ fn a_library_that_is_not_onnx_runtime_is_refused() {
 
 #[test]
 fn a_file_that_is_not_a_library_is_refused() {
-    let path = scratch_dir("garbage-lib").join("libonnxruntime.so.1.31.1");
+    let dir = scratch_dir("garbage-lib");
+    let path = dir.path().join("libonnxruntime.so.1.31.1");
     std::fs::write(&path, b"this is not an ELF file").unwrap();
     let err = load_model(&add_f32(), &with_library(EngineChoice::OrtCpu, &path)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::LibraryUnavailable);
@@ -155,7 +156,7 @@ fn a_file_that_is_not_a_library_is_refused() {
     // A directory is not a library either.
     let err = load_model(
         &add_f32(),
-        &with_library(EngineChoice::OrtCpu, &scratch_dir("dir-lib")),
+        &with_library(EngineChoice::OrtCpu, scratch_dir("dir-lib").path()),
     )
     .unwrap_err();
     assert_eq!(err.kind, ErrorKind::LibraryUnavailable);

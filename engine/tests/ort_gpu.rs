@@ -1,7 +1,8 @@
-//! The GPU policy end to end on ONNX Runtime. This machine has no NVIDIA driver, so the
-//! real NVML-absent path is tested for real; the CUDA path is driven by a probe that
-//! describes a healthy GPU, and the real (CPU-only) ORT library then refuses the CUDA
-//! provider, which is exactly the "provider does not register" case.
+//! The GPU policy end to end on ONNX Runtime. Each path is driven by a probe that
+//! describes it (no driver, a healthy GPU), so the tests pass on any machine; one test
+//! takes the real probe and checks the outcome against what that probe found. With a
+//! described GPU the real (CPU-only) ORT library refuses the CUDA provider, which is
+//! exactly the "provider does not register" case.
 
 mod ort_support;
 
@@ -51,17 +52,34 @@ fn runs(model: &edgeinfer_engine::Model) {
     assert_eq!(out.tensors[0].to_f64_vec(), vec![2.0, 4.0, 6.0, 8.0]);
 }
 
+/// What `probe_gpus` reports on a machine without the NVIDIA driver.
+fn no_driver() -> GpuProbe {
+    GpuProbe {
+        nvml_available: false,
+        driver_version: None,
+        gpus: Vec::new(),
+        error: Some(
+            "NVML unavailable (no NVIDIA driver or libnvidia-ml.so): a libloading error".into(),
+        ),
+    }
+}
+
+fn cuda_fallback(model: &edgeinfer_engine::Model) -> &str {
+    &model
+        .report
+        .fallbacks
+        .iter()
+        .find(|f| f.backend == Backend::OrtCuda)
+        .unwrap_or_else(|| panic!("a CUDA fallback is recorded: {:?}", model.report))
+        .reason
+}
+
 #[test]
 fn without_nvml_ort_cuda_takes_the_cpu_path_and_says_why() {
-    let probe = probe_gpus();
-    assert!(
-        !probe.nvml_available,
-        "this test documents the GPU-less CI machine: {probe:?}"
-    );
-
-    let model = load_model(
+    let model = load_model_with_probe(
         &add_f32(),
         &opts(EngineChoice::OrtCuda, GpuPolicy::Preferred),
+        &no_driver(),
     )
     .unwrap();
     assert_eq!(model.backend(), Backend::OrtCpu);
@@ -70,47 +88,91 @@ fn without_nvml_ort_cuda_takes_the_cpu_path_and_says_why() {
         "{}",
         model.report.reason
     );
-    let fallback = model
-        .report
-        .fallbacks
-        .iter()
-        .find(|f| f.backend == Backend::OrtCuda)
-        .expect("a CUDA fallback is recorded");
+    let reason = cuda_fallback(&model);
     assert!(
-        fallback.reason.contains("no usable GPU") && fallback.reason.contains("NVML unavailable"),
-        "{}",
-        fallback.reason
+        reason.contains("no usable GPU") && reason.contains("NVML unavailable"),
+        "{reason}"
     );
     runs(&model);
 }
 
 #[test]
 fn without_nvml_auto_records_the_cuda_fallback() {
-    let model = load_model(&add_f32(), &opts(EngineChoice::Auto, GpuPolicy::Preferred)).unwrap();
+    let model = load_model_with_probe(
+        &add_f32(),
+        &opts(EngineChoice::Auto, GpuPolicy::Preferred),
+        &no_driver(),
+    )
+    .unwrap();
     assert_ne!(model.backend(), Backend::OrtCuda);
-    let fallback = model
-        .report
-        .fallbacks
-        .iter()
-        .find(|f| f.backend == Backend::OrtCuda)
-        .expect("a CUDA fallback is recorded");
-    assert!(
-        fallback.reason.contains("NVML unavailable"),
-        "{}",
-        fallback.reason
-    );
+    let reason = cuda_fallback(&model);
+    assert!(reason.contains("NVML unavailable"), "{reason}");
     runs(&model);
 }
 
 #[test]
 fn gpu_required_refuses_to_load_without_a_gpu() {
     for engine in [EngineChoice::OrtCuda, EngineChoice::Auto] {
-        let err = load_model(&add_f32(), &opts(engine, GpuPolicy::Required)).unwrap_err();
+        let err =
+            load_model_with_probe(&add_f32(), &opts(engine, GpuPolicy::Required), &no_driver())
+                .unwrap_err();
         assert_eq!(err.kind, ErrorKind::GpuUnavailable, "{engine:?}: {err}");
         assert!(
             err.message.contains("gpu = \"required\"") && err.message.contains("NVML unavailable"),
             "{err}"
         );
+    }
+}
+
+/// `load_model` probes the real machine: whatever the probe found decides the path.
+/// With no usable GPU the reason is the probe's own; with one, ONNX Runtime either runs
+/// on CUDA or (a CPU-only library) says the provider did not register.
+#[test]
+fn ort_cuda_follows_what_the_real_probe_found() {
+    let probe = probe_gpus();
+    let model = load_model(
+        &add_f32(),
+        &opts(EngineChoice::OrtCuda, GpuPolicy::Preferred),
+    )
+    .unwrap();
+    match probe.why_unusable() {
+        Some(why) => {
+            assert_eq!(model.backend(), Backend::OrtCpu, "{probe:?}");
+            let reason = cuda_fallback(&model);
+            assert_eq!(reason, format!("no usable GPU: {why}"));
+        }
+        None if model.backend() == Backend::OrtCuda => {
+            assert!(model.report.fallbacks.is_empty(), "{:?}", model.report);
+        }
+        None => {
+            assert_eq!(model.backend(), Backend::OrtCpu);
+            let reason = cuda_fallback(&model);
+            assert!(
+                reason.contains("CUDA provider did not register"),
+                "{reason}"
+            );
+        }
+    }
+    runs(&model);
+
+    let required = load_model(
+        &add_f32(),
+        &opts(EngineChoice::OrtCuda, GpuPolicy::Required),
+    );
+    match (probe.why_unusable(), required) {
+        (Some(why), Err(err)) => {
+            assert_eq!(err.kind, ErrorKind::GpuUnavailable);
+            assert!(err.message.contains(&why), "{err}");
+        }
+        (None, Ok(m)) => assert_eq!(m.backend(), Backend::OrtCuda),
+        (None, Err(err)) => {
+            assert_eq!(err.kind, ErrorKind::GpuUnavailable);
+            assert!(
+                err.message.contains("CUDA provider did not register"),
+                "{err}"
+            );
+        }
+        (Some(why), Ok(m)) => panic!("gpu = required loaded on {} though {why}", m.backend()),
     }
 }
 

@@ -20,7 +20,7 @@ fn a_hanging_library_load_times_out_and_auto_serves_on_tract() {
     );
     let opts = LoadOptions {
         engine: EngineChoice::Auto,
-        ort_library: Some(lib.clone()),
+        ort_library: Some(lib.to_path_buf()),
         ..LoadOptions::default()
     };
 

@@ -328,19 +328,33 @@ pub fn add_f32() -> Vec<u8> {
 
 // === stand-in shared libraries ===
 
-/// A fresh directory under the system temp dir for this test process.
-pub fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgeinfer-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system temp dir, removed when the returned guard drops.
+pub fn scratch_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("edgeinfer-{tag}-"))
+        .tempdir()
+        .unwrap()
+}
+
+/// A file in a scratch directory; both are removed when this drops. Derefs to the path.
+pub struct ScratchFile {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for ScratchFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Compile `c_source` into a shared library named `file_name` with the system C compiler.
-pub fn build_c_library(tag: &str, file_name: &str, c_source: &str) -> PathBuf {
+pub fn build_c_library(tag: &str, file_name: &str, c_source: &str) -> ScratchFile {
     let dir = scratch_dir(tag);
-    let src = dir.join(format!("{file_name}.c"));
+    let src = dir.path().join(format!("{file_name}.c"));
     std::fs::write(&src, c_source).unwrap();
-    let lib = dir.join(file_name);
+    let lib = dir.path().join(file_name);
     let out = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-o"])
         .arg(&lib)
@@ -352,11 +366,14 @@ pub fn build_c_library(tag: &str, file_name: &str, c_source: &str) -> PathBuf {
         "cc failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lib
+    ScratchFile {
+        path: lib,
+        _dir: dir,
+    }
 }
 
 /// A library exporting ONNX Runtime's entry point, but reporting `version`.
-pub fn fake_ort_library(tag: &str, version: &str) -> PathBuf {
+pub fn fake_ort_library(tag: &str, version: &str) -> ScratchFile {
     let source = format!(
         r#"
 typedef struct {{ const void* (*GetApi)(unsigned); const char* (*GetVersionString)(void); }} OrtApiBase;
