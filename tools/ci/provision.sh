@@ -8,6 +8,7 @@
 #     the KServe v2 test as an independent client:
 #       EDGEINFER_TEST_PYTHON=$repo/.cache/venv-test/bin/python
 # It exports nothing: the caller (tools/ci/test.sh) sets those variables.
+# With --ort-only (tools/run-demo.sh) it provisions ONNX Runtime's library and nothing else.
 # The first run needs python3 with pip and venv, and network access to PyPI.
 # Set PYTHON to use an interpreter other than python3.
 set -euo pipefail
@@ -97,7 +98,10 @@ provision_test_venv() {
   printf '%s\n' "${test_requirements[*]}" >"$test_stamp"
 }
 
-if ort_ready && test_venv_ready; then
+ort_only=false
+[[ ${1:-} == --ort-only ]] && ort_only=true
+
+if ort_ready && { $ort_only || test_venv_ready; }; then
   exit 0
 fi
 
@@ -109,4 +113,4 @@ if command -v flock >/dev/null; then
   flock 9
 fi
 ort_ready || provision_ort
-test_venv_ready || provision_test_venv
+$ort_only || test_venv_ready || provision_test_venv
