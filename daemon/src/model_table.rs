@@ -7,16 +7,22 @@
 //! resolved a version keeps its `Arc` until it finishes, so a swap never drops
 //! or fails an in-flight request.
 //!
+//! A version's identity (its engine model, its counters, and the engine sessions built for
+//! the cores ahead of time) is one `Arc<ModelVersion>`; its batching lives in the slot, so a
+//! batching change publishes the same identity with new settings: no session is rebuilt and
+//! no counter resets. Sessions are built and warmed by a control thread, left here one per
+//! core, and each core takes its own exactly once; a core never builds one itself.
+//!
 //! Architecture invariant: nothing here knows about sockets or frames. Per-version
 //! counters are plain atomics (relaxed), so the hot path pays nanoseconds.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use edgeinfer_engine::Model;
+use edgeinfer_engine::{Model, Session};
 
 /// Per-model serving settings that the data path needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -33,39 +39,98 @@ pub struct BatchConfig {
     pub max_delay: Duration,
 }
 
-/// One loaded, warmed version of one model.
+/// One loaded, warmed version of one model: its identity. Counters live here, so they
+/// last as long as the version does, whatever its batching.
 #[derive(Debug)]
 pub struct ModelVersion {
     pub name: String,
     pub version: String,
     pub model: Model,
-    pub serving: ServingConfig,
     pub loaded_at: SystemTime,
     /// Set once the version has run its sample input (warm).
     pub ready: AtomicBool,
     pub stats: VersionStats,
+    /// Warm sessions waiting for the cores, one slot per core.
+    pub sessions: PreparedSessions,
 }
 
 impl ModelVersion {
-    pub fn new(
-        name: impl Into<String>,
-        version: impl Into<String>,
-        model: Model,
-        serving: ServingConfig,
-    ) -> Self {
+    pub fn new(name: impl Into<String>, version: impl Into<String>, model: Model) -> Self {
         ModelVersion {
             name: name.into(),
             version: version.into(),
             model,
-            serving,
             loaded_at: SystemTime::now(),
             ready: AtomicBool::new(false),
             stats: VersionStats::default(),
+            sessions: PreparedSessions::default(),
         }
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
+    }
+}
+
+/// Engine sessions built and warmed off the data path, waiting for their cores: slot `i`
+/// belongs to core runtime `i`, which takes it exactly once (a pointer move under an
+/// uncontended lock) when it first sees the version.
+#[derive(Default)]
+pub struct PreparedSessions {
+    slots: Mutex<Vec<Option<Box<dyn Session>>>>,
+    /// Sessions the cores have taken so far.
+    taken: AtomicUsize,
+}
+
+impl std::fmt::Debug for PreparedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSessions")
+            .field("waiting", &self.waiting())
+            .field("taken", &self.taken())
+            .finish()
+    }
+}
+
+impl PreparedSessions {
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<Box<dyn Session>>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves a ready session for core `core`, unless that core already has one waiting.
+    pub fn offer(&self, core: usize, session: Box<dyn Session>) {
+        let mut slots = self.lock();
+        if slots.len() <= core {
+            slots.resize_with(core + 1, || None);
+        }
+        if slots[core].is_none() {
+            slots[core] = Some(session);
+        }
+    }
+
+    /// Cores below `cores` with no session waiting (asked before the version is published).
+    pub fn missing(&self, cores: usize) -> Vec<usize> {
+        let slots = self.lock();
+        (0..cores)
+            .filter(|&i| slots.get(i).is_none_or(|s| s.is_none()))
+            .collect()
+    }
+
+    /// Core `core`'s session, moved out; `None` if none was left for it (or already taken).
+    pub fn take(&self, core: usize) -> Option<Box<dyn Session>> {
+        let s = self.lock().get_mut(core).and_then(Option::take);
+        if s.is_some() {
+            self.taken.fetch_add(1, Relaxed);
+        }
+        s
+    }
+
+    /// Sessions still waiting for a core.
+    pub fn waiting(&self) -> usize {
+        self.lock().iter().filter(|s| s.is_some()).count()
+    }
+
+    pub fn taken(&self) -> usize {
+        self.taken.load(Relaxed)
     }
 }
 
@@ -86,15 +151,47 @@ pub struct ModelSlot {
     pub name: String,
     pub versions: Vec<Arc<ModelVersion>>,
     pub routing: Routing,
+    /// Batching per version (by version string); a version not listed runs unbatched.
+    /// Kept apart from the identity so a batching change keeps sessions and counters.
+    pub serving: BTreeMap<String, ServingConfig>,
 }
 
 impl ModelSlot {
-    pub fn single(version: Arc<ModelVersion>) -> Self {
+    pub fn single(version: Arc<ModelVersion>, serving: ServingConfig) -> Self {
         ModelSlot {
             name: version.name.clone(),
+            serving: BTreeMap::from([(version.version.clone(), serving)]),
             versions: vec![version],
             routing: Routing::Single(0),
         }
+    }
+
+    /// How `version` is served (unbatched when not configured).
+    pub fn serving_of(&self, version: &str) -> ServingConfig {
+        self.serving.get(version).cloned().unwrap_or_default()
+    }
+
+    /// Adds `v`, or replaces the version of the same name (routing is left alone).
+    pub fn put(&mut self, v: Arc<ModelVersion>, serving: ServingConfig) {
+        self.serving.insert(v.version.clone(), serving);
+        match self.versions.iter_mut().find(|o| o.version == v.version) {
+            Some(o) => *o = v,
+            None => self.versions.push(v),
+        }
+    }
+
+    /// Index of `version` in `versions`.
+    pub fn index_of(&self, version: &str) -> Option<usize> {
+        self.versions.iter().position(|v| v.version == version)
+    }
+
+    /// Every loaded version, comma-separated (for error messages).
+    pub fn loaded(&self) -> String {
+        self.versions
+            .iter()
+            .map(|m| m.version.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The version that serves requests without a routing key.
@@ -179,12 +276,7 @@ impl Snapshot {
                     .ok_or_else(|| ResolveError::UnknownVersion {
                         model: model.to_owned(),
                         version: v.to_owned(),
-                        loaded: slot
-                            .versions
-                            .iter()
-                            .map(|m| m.version.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        loaded: slot.loaded(),
                     })
             }
             _ => Ok(slot.route(routing_key)),
@@ -201,17 +293,59 @@ impl Snapshot {
     }
 }
 
+/// Something a core is done with, dropped on a control thread instead (engine sessions,
+/// and the last reference to a retired version with its engine model).
+pub type Retired = Box<dyn Send>;
+
 /// The shared, atomically swapped table.
 #[derive(Debug, Default)]
 pub struct ModelTable {
     current: ArcSwap<Snapshot>,
+    /// Core runtimes serving this table: how many sessions to prepare per version.
+    cores: AtomicUsize,
+    /// Where cores send what they retire; unset (tests, HTTP only), it is dropped in place.
+    graveyard: OnceLock<mpsc::Sender<Retired>>,
+    /// Serialises control-side writers (SIGHUP reload, the registry agent): each builds
+    /// its next snapshot from the current one.
+    writer: Mutex<()>,
 }
 
 impl ModelTable {
     pub fn new(snapshot: Snapshot) -> Self {
         ModelTable {
             current: ArcSwap::from_pointee(snapshot),
+            ..ModelTable::default()
         }
+    }
+
+    /// Core runtimes that take sessions from this table (0 until the server starts).
+    pub fn cores(&self) -> usize {
+        self.cores.load(Relaxed)
+    }
+
+    pub fn set_cores(&self, n: usize) {
+        self.cores.store(n, Relaxed);
+    }
+
+    /// Retired things go to `tx`, drained by a control thread; false if one was already set.
+    pub fn set_graveyard(&self, tx: mpsc::Sender<Retired>) -> bool {
+        self.graveyard.set(tx).is_ok()
+    }
+
+    /// Called by a core: drop `item` off the data path when a graveyard is set.
+    pub fn retire(&self, item: Retired) {
+        match self.graveyard.get() {
+            Some(tx) => {
+                // If the receiving thread is gone, the item comes back and drops here.
+                let _ = tx.send(item);
+            }
+            None => drop(item),
+        }
+    }
+
+    /// Held by a control-side writer for the whole of one change.
+    pub fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One atomic load; hold the returned `Arc` for the length of a request at most.

@@ -29,7 +29,7 @@ use super::notify::{Latch, Notify};
 use super::response::Response;
 use super::{ServerOptions, ServerStats};
 use crate::heartbeat::Heartbeats;
-use crate::model_table::{ModelTable, ModelVersion, Outcome, Snapshot};
+use crate::model_table::{ModelTable, ModelVersion, Outcome, ServingConfig, Snapshot};
 
 const _: () = assert!(
     std::mem::size_of::<usize>() == 8,
@@ -118,13 +118,32 @@ impl Job {
     }
 }
 
-/// One model version's per-core state.
+/// One model version's per-core state under one batching setting. A batching change makes
+/// a new `CoreModel` over the same [`CoreEngine`]; jobs already queued keep the old one.
 pub(crate) struct CoreModel {
     pub version: Arc<ModelVersion>,
+    engine: Rc<CoreEngine>,
+    serving: ServingConfig,
+    batch: Option<Batcher>,
+}
+
+/// This core's engine session for one version, taken ready from the version's prepared
+/// sessions; when the last job lets go of it, it goes back to a control thread to drop.
+struct CoreEngine {
+    version: Arc<ModelVersion>,
     session: RefCell<Option<Box<dyn Session>>>,
     session_error: Option<String>,
     outputs: RefCell<Vec<Outputs>>,
-    batch: Option<Batcher>,
+    table: Arc<ModelTable>,
+}
+
+impl Drop for CoreEngine {
+    fn drop(&mut self) {
+        // Releasing a session (and maybe the version's engine model with it) is control
+        // work: hand both over instead of paying for it between two requests.
+        let session = self.session.get_mut().take();
+        self.table.retire(Box::new((session, self.version.clone())));
+    }
 }
 
 struct Batcher {
@@ -146,25 +165,35 @@ struct Staging {
     out: Outputs,
 }
 
+impl CoreEngine {
+    /// Takes core `core`'s prepared session. A version published without one for this core
+    /// (by a writer that bypassed the app's control path) is refused with a clear error
+    /// rather than built here, on the data path.
+    fn take(version: &Arc<ModelVersion>, core: usize, table: &Arc<ModelTable>) -> CoreEngine {
+        let session = version.sessions.take(core);
+        let session_error = session.is_none().then(|| {
+            tracing::error!(model = %version.name, version = %version.version, core, "no prepared engine session for this core");
+            format!(
+                "model {:?} version {:?} was published without a session for core {core}",
+                version.name, version.version
+            )
+        });
+        CoreEngine {
+            version: version.clone(),
+            session: RefCell::new(session),
+            session_error,
+            outputs: RefCell::new(Vec::new()),
+            table: table.clone(),
+        }
+    }
+}
+
 impl CoreModel {
-    fn new(version: Arc<ModelVersion>) -> CoreModel {
-        let (session, session_error) = match version.model.new_session() {
-            Ok(mut s) => {
-                // The first run of a session allocates its buffers: pay that here, not on
-                // the first request this core serves.
-                let sample = edgeinfer_engine::synth_inputs(&version.model.info, 1, 0x5eed);
-                let views: Vec<_> = sample.iter().map(|t| t.view()).collect();
-                let mut out = Outputs::for_model(&version.model.info);
-                if let Err(e) = s.run(&views, &mut out) {
-                    tracing::warn!(model = %version.name, "warming this core's session failed: {e}");
-                }
-                (Some(s), None)
-            }
-            Err(e) => {
-                tracing::error!(model = %version.name, version = %version.version, "cannot make an engine session on this core: {e}");
-                (None, Some(e.to_string()))
-            }
-        };
+    fn new(
+        version: Arc<ModelVersion>,
+        engine: Rc<CoreEngine>,
+        serving: ServingConfig,
+    ) -> CoreModel {
         let info = &version.model.info;
         let batchable = !info.inputs.is_empty()
             && info
@@ -172,7 +201,7 @@ impl CoreModel {
                 .iter()
                 .all(|s| s.shape.first() == Some(&Dim::Dynamic))
             && info.outputs.iter().all(|s| !s.shape.is_empty());
-        let batch = match version.serving.batching {
+        let batch = match serving.batching {
             Some(b) if b.max_batch > 1 && batchable => Some(Batcher {
                 max_batch: b.max_batch,
                 max_delay: b.max_delay,
@@ -195,35 +224,35 @@ impl CoreModel {
         };
         CoreModel {
             version,
-            session: RefCell::new(session),
-            session_error,
-            outputs: RefCell::new(Vec::new()),
+            engine,
+            serving,
             batch,
         }
     }
 
     fn take_outputs(&self) -> Outputs {
-        self.outputs
+        self.engine
+            .outputs
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| Outputs::for_model(&self.version.model.info))
     }
 
     pub fn give_outputs(&self, out: Outputs) {
-        let mut pool = self.outputs.borrow_mut();
+        let mut pool = self.engine.outputs.borrow_mut();
         if pool.len() < OUTPUTS_POOL_MAX {
             pool.push(out);
         }
     }
 
     fn run(&self, inputs: &[TensorView<'_>], out: &mut Outputs) -> Result<(), Refusal> {
-        let mut s = self.session.borrow_mut();
+        let mut s = self.engine.session.borrow_mut();
         let Some(session) = s.as_mut() else {
             return Err(Refusal::new(
                 ErrorCode::Internal,
                 format!(
                     "no engine session on this core: {}",
-                    self.session_error.as_deref().unwrap_or("unknown")
+                    self.engine.session_error.as_deref().unwrap_or("unknown")
                 ),
             ));
         };
@@ -299,7 +328,10 @@ impl Core {
 
     // === models ===
 
-    /// Makes sessions for every version in the current table, keeping those already made.
+    /// Catches up with the current table: takes the prepared session of each version new
+    /// to this core, keeps the engines of those it knows (a batching change only makes a
+    /// new batcher), and lets go of the rest. Only pointer moves: sessions were built and
+    /// warmed by a control thread before the table was published.
     pub fn refresh_models(&self) {
         let snap = self.shared.table.load();
         self.refresh_from(&snap);
@@ -311,13 +343,23 @@ impl Core {
             return;
         }
         let old = std::mem::take(&mut cache.models);
-        cache.models = snap
-            .versions()
-            .map(|v| match old.iter().find(|m| Arc::ptr_eq(&m.version, v)) {
-                Some(m) => m.clone(),
-                None => Rc::new(CoreModel::new(v.clone())),
-            })
-            .collect();
+        let mut models = Vec::with_capacity(old.len() + 1);
+        for slot in snap.models.values() {
+            for v in &slot.versions {
+                let serving = slot.serving_of(&v.version);
+                let known = old.iter().find(|m| Arc::ptr_eq(&m.version, v));
+                let m = match known {
+                    Some(m) if m.serving == serving => m.clone(),
+                    Some(m) => Rc::new(CoreModel::new(v.clone(), m.engine.clone(), serving)),
+                    None => {
+                        let engine = CoreEngine::take(v, self.index, &self.shared.table);
+                        Rc::new(CoreModel::new(v.clone(), Rc::new(engine), serving))
+                    }
+                };
+                models.push(m);
+            }
+        }
+        cache.models = models;
         cache.generation = Some(snap.generation);
     }
 
