@@ -359,7 +359,9 @@ impl ModelTable {
         self.current.load()
     }
 
-    /// Swap in a new set of models; the generation is bumped here.
+    /// Swap in a new set of models; the generation is bumped here. Every version must
+    /// already hold a session for each core (`app::Control` sees to it): the cores never
+    /// build one, and refuse requests for a version that came without.
     pub fn publish(&self, mut next: Snapshot) {
         let cur = self.current.load();
         next.generation = cur.generation + 1;
