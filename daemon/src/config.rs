@@ -104,7 +104,8 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// `libonnxruntime.so` (1.31.x); unset = `ORT_DYLIB_PATH`, else no ORT (tract only).
+    /// `libonnxruntime.so` (1.31.x); unset = `ORT_DYLIB_PATH`, then the default places of
+    /// `edgeinfer_engine::locate_ort_library`, else no ORT (tract only).
     pub ort_library: Option<PathBuf>,
     /// Engine for models that do not name one: auto, tract, ort-cpu, ort-cuda.
     pub default: EngineChoice,
@@ -533,10 +534,11 @@ impl fmt::Display for ConfigError {
 
 // === Command line ===
 
-/// The configuration flags, for the daemon's clap CLI to `#[command(flatten)]`.
-///
-/// Every override is optional: absent, the file's (or the default) value stands. Each also
-/// reads an `EDGEINFER_*` environment variable; a flag beats its variable.
+// The configuration flags, for the daemon's clap CLI to `#[command(flatten)]`. A `//`
+// comment, not `///`: clap would print a doc comment here as the top of `--help`.
+//
+// Every override is optional: absent, the file's (or the default) value stands. Each also
+// reads an `EDGEINFER_*` environment variable; a flag beats its variable.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
     /// TOML config file (see docs/config.md).
@@ -593,22 +595,22 @@ pub struct ConfigArgs {
     /// Dynamic batching for every model: longest wait, µs [config: models[].max_delay_us].
     #[arg(long, env = "EDGEINFER_MAX_DELAY_US", value_name = "US")]
     pub max_delay_us: Option<u64>,
-    /// [config: server.queue_depth]
+    /// Requests waiting per core; more are answered OVERLOADED [config: server.queue_depth].
     #[arg(long, env = "EDGEINFER_QUEUE_DEPTH", value_name = "N")]
     pub queue_depth: Option<usize>,
-    /// [config: server.max_in_flight]
+    /// Requests outstanding per connection, 1..=65536 [config: server.max_in_flight].
     #[arg(long, env = "EDGEINFER_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<u32>,
-    /// [config: server.max_connections]
+    /// Open binary-protocol connections over all cores [config: server.max_connections].
     #[arg(long, env = "EDGEINFER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// [config: server.read_timeout_ms]
+    /// A frame must arrive whole this long after its first byte [config: server.read_timeout_ms].
     #[arg(long, env = "EDGEINFER_READ_TIMEOUT_MS", value_name = "MS")]
     pub read_timeout_ms: Option<u64>,
-    /// [config: server.idle_timeout_ms]
+    /// Close a connection with nothing in flight this long [config: server.idle_timeout_ms].
     #[arg(long, env = "EDGEINFER_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
-    /// [config: server.shutdown_grace_ms]
+    /// On SIGTERM, finish in-flight requests within this [config: server.shutdown_grace_ms].
     #[arg(long, env = "EDGEINFER_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
     /// Token file for the binary protocol [config: server.auth_token_file].
@@ -1698,21 +1700,24 @@ mod tests {
         );
         std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-        // The binary protocol: a token secures a public listener once the server enforces it.
+        // The binary protocol: the server checks HELLO tokens (issue 7), so a token secures a
+        // public listener, and without one that listener is refused.
         c.server.tcp = Some("0.0.0.0:7700".parse().unwrap());
         c.server.auth_token_file = Some(tok.clone());
-        let r = c.validate();
-        if crate::security::BINARY_TOKEN_ENFORCED {
-            r.unwrap();
-        } else {
-            let e = r.unwrap_err();
-            assert_eq!(e.problems.len(), 1, "{e}");
-            assert!(e.to_string().contains("does not check tokens yet"), "{e}");
-        }
+        c.validate().unwrap();
         c.server.auth_token_file = None;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.key == "server.tcp" && p.message.contains("server.auth_token_file")),
+            "{e}"
+        );
         c.server.tcp = None;
+        // SO_PEERCRED allow-lists are enforced on the Unix socket, so they are accepted.
         c.server.allowed_uids = vec![0];
-        assert_eq!(c.validate().is_ok(), crate::security::PEER_CRED_ENFORCED);
+        c.server.allowed_gids = vec![0];
+        c.validate().unwrap();
     }
 
     #[test]

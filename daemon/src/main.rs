@@ -17,12 +17,14 @@ use edgeinferd::{http, systemd};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
+/// edgeinfer daemon: serves ONNX models over a zero-copy binary protocol.
+///
+/// Without --config it serves the embedded demo churn model on ./var/edgeinferd.sock,
+/// 127.0.0.1:7700 (binary protocol) and 127.0.0.1:7701 (HTTP). Every flag overrides one
+/// config key (docs/config.md) and reads an EDGEINFER_* environment variable.
+/// Exit codes: 0 clean shutdown or valid --check-config, 1 error, 2 bad usage.
 #[derive(Parser, Debug)]
-#[command(
-    name = "edgeinferd",
-    version,
-    about = "edgeinfer daemon: serves ONNX models over a zero-copy binary protocol"
-)]
+#[command(name = "edgeinferd", version)]
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
@@ -53,12 +55,24 @@ fn main() {
     let (layer, log) = reload::Layer::new(filter(&cfg.log_level));
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(log_layer(std::io::IsTerminal::is_terminal(
+            &std::io::stderr(),
+        )))
         .init();
     if let Err(err) = run(cli.config, cfg, log, filter) {
         eprintln!("edgeinferd: {err:#}");
         std::process::exit(1);
     }
+}
+
+/// Log lines on stderr; colour only on a terminal, so journald and files get plain text.
+fn log_layer<S>(ansi: bool) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
 }
 
 fn run(

@@ -2,22 +2,26 @@
 //! the watchdog thread that pings only while every data-path core is alive, and socket
 //! activation (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`).
 //!
-//! Written against the documented protocol (sd_notify(3), sd_listen_fds(3)) with std and
-//! libc only: one datagram per message to `NOTIFY_SOCKET` (a path, or `@name` for the
-//! abstract namespace), fds starting at 3.
+//! Notifications go through the `sd-notify` crate, which reads `NOTIFY_SOCKET` on each
+//! call; the variable therefore stays set (the daemon starts no child processes that
+//! could inherit it). Socket activation stays hand-written here: it needs each fd
+//! classified (Unix, TCP or not a listener, with `getsockname`/`SO_ACCEPTCONN`) and
+//! routed by name to the binary server or HTTP, which `sd_notify::listen_fds_with_names`
+//! (raw fds and names only) leaves to the caller anyway; see ARCHITECTURE.md.
 //!
-//! Read the environment (`Notifier::from_env`, `listen_fds`) before starting any thread: both
-//! unset the variables they consume, so child processes do not inherit them, and changing
-//! the environment is only safe while the process is single-threaded.
+//! Read the environment (`Notifier::from_env`, `listen_fds`) before starting any thread:
+//! `listen_fds` and `watchdog_timeout_from_env` unset the variables they consume, and
+//! changing the environment is only safe while the process is single-threaded.
 
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
 
 use crate::heartbeat::Heartbeats;
 use crate::model_table::ModelTable;
@@ -34,56 +38,41 @@ pub const HTTP_FD_NAME: &str = "http";
 /// Sends `sd_notify` messages; a no-op when not started by systemd (no `NOTIFY_SOCKET`).
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
-    inner: Option<Arc<NotifySocket>>,
-}
-
-#[derive(Debug)]
-struct NotifySocket {
-    sock: UnixDatagram,
-    addr: UnixAddr,
+    active: bool,
 }
 
 impl Notifier {
-    /// Takes `NOTIFY_SOCKET` from the environment (and unsets it). Call while single-threaded.
+    /// Checks `NOTIFY_SOCKET`: unset or empty is "not under systemd" (every message a
+    /// no-op). An address `sd-notify` cannot reach is refused here, so a misconfigured
+    /// unit fails at start with the reason instead of timing out waiting for READY=1:
+    /// the crate connects to the value as a path, so the abstract namespace (`@name`) and
+    /// relative paths are out.
     pub fn from_env() -> io::Result<Notifier> {
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
             return Ok(Notifier::default());
         };
-        std::env::remove_var("NOTIFY_SOCKET");
-        Notifier::connect(
-            path.to_str()
-                .ok_or_else(|| bad_env("NOTIFY_SOCKET is not UTF-8"))?,
-        )
-    }
-
-    /// A notifier for an explicit socket: a filesystem path, or `@name` (abstract namespace).
-    pub fn connect(path: &str) -> io::Result<Notifier> {
-        let addr = match path.strip_prefix('@') {
-            Some(name) => UnixAddr::from_abstract_name(name.as_bytes())?,
-            None if path.starts_with('/') => UnixAddr::from_pathname(path)?,
-            None => {
-                return Err(bad_env(&format!(
-                    "NOTIFY_SOCKET {path:?} is neither absolute nor abstract"
-                )))
-            }
-        };
-        let sock = UnixDatagram::unbound()?; // std sets CLOEXEC
-        Ok(Notifier {
-            inner: Some(Arc::new(NotifySocket { sock, addr })),
-        })
+        if !path.as_encoded_bytes().starts_with(b"/") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "NOTIFY_SOCKET {path:?} is not an absolute path (abstract sockets are not supported)"
+                ),
+            ));
+        }
+        Ok(Notifier { active: true })
     }
 
     /// Whether messages go anywhere.
     pub fn is_active(&self) -> bool {
-        self.inner.is_some()
+        self.active
     }
 
-    /// Sends one raw message (newline-separated `KEY=value` assignments).
-    pub fn notify(&self, msg: &str) -> io::Result<()> {
-        match &self.inner {
-            Some(s) => s.sock.send_to_addr(msg.as_bytes(), &s.addr).map(drop),
-            None => Ok(()),
+    /// Sends one datagram with these assignments.
+    pub fn notify(&self, states: &[NotifyState<'_>]) -> io::Result<()> {
+        if !self.active {
+            return Ok(());
         }
+        sd_notify::notify(states)
     }
 
     /// `READY=1`, refused unless every model in `table` is loaded and warm: systemd (and
@@ -94,78 +83,55 @@ impl Notifier {
                 "READY=1 withheld: not every model is loaded and warm",
             ));
         }
-        self.notify(&format!(
-            "READY=1\nSTATUS={}\nMAINPID={}",
-            one_line(status),
-            std::process::id()
-        ))
+        let status = one_line(status);
+        self.notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&status),
+            NotifyState::MainPid(std::process::id()),
+        ])
     }
 
     /// A `STATUS=` line for `systemctl status`.
     pub fn status(&self, status: &str) -> io::Result<()> {
-        self.notify(&format!("STATUS={}", one_line(status)))
+        self.notify(&[NotifyState::Status(&one_line(status))])
     }
 
     /// Sent when a graceful shutdown begins.
     pub fn stopping(&self, status: &str) -> io::Result<()> {
-        self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)))
+        self.notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status(&one_line(status)),
+        ])
     }
 
-    /// Sent when a SIGHUP reload begins; follow with [`Notifier::reloaded`].
+    /// Sent when a SIGHUP reload begins; follow with [`Notifier::reloaded`]. systemd 253+
+    /// needs the `MONOTONIC_USEC` beside `RELOADING=1`.
     pub fn reloading(&self) -> io::Result<()> {
-        self.notify(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
-            monotonic_usec()
-        ))
+        self.notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now()?,
+            NotifyState::Status("reloading the configuration"),
+        ])
     }
 
     /// Sent when a reload is done (successfully or not: the daemon keeps serving either way).
     pub fn reloaded(&self, status: &str) -> io::Result<()> {
-        self.notify(&format!("READY=1\nSTATUS={}", one_line(status)))
+        self.notify(&[NotifyState::Ready, NotifyState::Status(&one_line(status))])
     }
 }
 
+/// sd_notify assignments are newline-separated: a status must stay on one line.
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-}
-
-fn bad_env(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
 }
 
 // === Watchdog ===
 
 /// The watchdog timeout systemd set for this process (`WATCHDOG_USEC`, honoured only when
-/// `WATCHDOG_PID` is unset or ours). Unsets both. Call while single-threaded.
+/// `WATCHDOG_PID` is unset or ours; 0 means off). Unsets both. Call while single-threaded.
 pub fn watchdog_timeout_from_env() -> Option<Duration> {
-    let usec = std::env::var("WATCHDOG_USEC").ok();
-    let pid = std::env::var("WATCHDOG_PID").ok();
-    std::env::remove_var("WATCHDOG_USEC");
-    std::env::remove_var("WATCHDOG_PID");
-    watchdog_timeout(usec.as_deref(), pid.as_deref(), std::process::id())
-}
-
-/// The rule of sd_watchdog_enabled(3), on explicit values.
-pub fn watchdog_timeout(usec: Option<&str>, pid: Option<&str>, our_pid: u32) -> Option<Duration> {
-    if let Some(pid) = pid {
-        if pid.trim().parse::<u32>().ok() != Some(our_pid) {
-            return None;
-        }
-    }
-    match usec?.trim().parse::<u64>() {
-        Ok(0) | Err(_) => None,
-        Ok(us) => Some(Duration::from_micros(us)),
-    }
+    // SAFETY: main calls this before it starts any thread (see the module doc).
+    unsafe { sd_notify::watchdog_enabled_and_unset_env() }.filter(|t| !t.is_zero())
 }
 
 /// What the watchdog checks before each ping: is every data-path core alive?
@@ -316,8 +282,11 @@ pub fn spawn_watchdog(notifier: Notifier, timing: WatchdogTiming) -> io::Result<
             }
             drop(stopped);
             let sent = match w.tick(Instant::now()) {
-                Tick::Ping { recovered: false } => notifier.notify("WATCHDOG=1"),
-                Tick::Ping { recovered: true } => notifier.notify("WATCHDOG=1\nSTATUS=serving (all cores responsive again)"),
+                Tick::Ping { recovered: false } => notifier.notify(&[NotifyState::Watchdog]),
+                Tick::Ping { recovered: true } => notifier.notify(&[
+                    NotifyState::Watchdog,
+                    NotifyState::Status("serving (all cores responsive again)"),
+                ]),
                 Tick::Withhold { stale, first } => {
                     if first {
                         tracing::error!(cores = ?stale, "cores stopped beating: withholding watchdog pings");
@@ -610,6 +579,7 @@ fn classify(fd: OwnedFd, _name: &str) -> Result<Passed, String> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
 
     #[test]
     fn passed_listeners_off_loopback_need_a_token() {
@@ -652,22 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_env_rules() {
-        assert_eq!(
-            watchdog_timeout(Some("2000000"), None, 5),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            watchdog_timeout(Some("2000000"), Some("5"), 5),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            watchdog_timeout(Some("2000000"), Some("6"), 5),
-            None,
-            "meant for another process"
-        );
-        assert_eq!(watchdog_timeout(Some("0"), None, 5), None);
-        assert_eq!(watchdog_timeout(None, None, 5), None);
+    fn watchdog_timing_pings_at_half_the_timeout() {
         let t = WatchdogTiming::for_timeout(Duration::from_secs(10));
         assert_eq!(
             (t.period, t.max_age),
@@ -728,43 +683,60 @@ mod tests {
         );
     }
 
+    /// The one test in this binary that touches `NOTIFY_SOCKET` (the crate reads it on
+    /// each message), so nothing else races its changes.
     #[test]
-    fn notifier_sends_datagrams_to_path_and_abstract_sockets() {
+    fn notifier_sends_datagrams_and_withholds_ready_until_models_are_warm() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("notify.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier::connect(path.to_str().unwrap()).unwrap();
-        n.status("loading\nmodels").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        let n = Notifier::from_env().unwrap();
+        assert!(n.is_active());
         let mut buf = [0u8; 256];
+        n.status("loading\nmodels").unwrap();
         let len = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"STATUS=loading models");
-
-        let name = format!("edgeinfer-test-{}", std::process::id());
-        let rx = UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(name.as_bytes()).unwrap())
-            .unwrap();
-        let n = Notifier::connect(&format!("@{name}")).unwrap();
-        n.notify("WATCHDOG=1").unwrap();
+        assert_eq!(&buf[..len], b"STATUS=loading models\n");
+        n.stopping("draining").unwrap();
         let len = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"WATCHDOG=1");
+        assert_eq!(&buf[..len], b"STOPPING=1\nSTATUS=draining\n");
+        n.reloading().unwrap();
+        let len = rx.recv(&mut buf).unwrap();
+        let msg = std::str::from_utf8(&buf[..len]).unwrap();
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines[0], "RELOADING=1", "{msg}");
+        assert!(
+            lines[1]
+                .strip_prefix("MONOTONIC_USEC=")
+                .is_some_and(|v| v.parse::<u64>().unwrap() > 0),
+            "{msg}"
+        );
 
-        assert!(Notifier::connect("relative/path").is_err());
-        Notifier::default().notify("READY=1").unwrap(); // inactive: a no-op
-    }
-
-    #[test]
-    fn ready_is_withheld_until_models_are_warm() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("notify.sock");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier::connect(path.to_str().unwrap()).unwrap();
+        // READY=1 is refused while a model is not warm, and nothing is sent.
         let empty = ModelTable::default();
         assert!(n.ready(&empty, "serving").is_err());
         rx.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 256];
         assert_eq!(
             rx.recv(&mut buf).unwrap_err().kind(),
             io::ErrorKind::WouldBlock,
             "nothing may be sent"
+        );
+
+        // An address sd-notify cannot reach is refused up front, with the reason.
+        for bad in ["@edgeinfer-abstract", "relative/notify.sock"] {
+            std::env::set_var("NOTIFY_SOCKET", bad);
+            let e = Notifier::from_env().unwrap_err();
+            assert!(e.to_string().contains("not an absolute path"), "{e}");
+        }
+        // Not under systemd: inactive, and every message a no-op.
+        std::env::remove_var("NOTIFY_SOCKET");
+        let n = Notifier::from_env().unwrap();
+        assert!(!n.is_active());
+        n.notify(&[NotifyState::Ready]).unwrap();
+        assert_eq!(
+            rx.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
         );
     }
 
