@@ -20,10 +20,12 @@ pub enum ErrorCode {
     NotImplemented = 11,
     ShuttingDown = 12,
     TooManyInFlight = 13,
+    /// The server wants a token (in HELLO) or a peer it allows; the connection closes.
+    Unauthenticated = 14,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOpcode,
@@ -37,6 +39,7 @@ impl ErrorCode {
         ErrorCode::NotImplemented,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyInFlight,
+        ErrorCode::Unauthenticated,
     ];
 
     pub const fn from_u32(v: u32) -> Option<ErrorCode> {
@@ -54,6 +57,7 @@ impl ErrorCode {
             11 => ErrorCode::NotImplemented,
             12 => ErrorCode::ShuttingDown,
             13 => ErrorCode::TooManyInFlight,
+            14 => ErrorCode::Unauthenticated,
             _ => return None,
         })
     }
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "NOT_IMPLEMENTED",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::TooManyInFlight => "TOO_MANY_IN_FLIGHT",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
         }
     }
 

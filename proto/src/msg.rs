@@ -23,7 +23,7 @@ pub struct TensorMeta {
 /// PREDICT (0x02).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PredictRequest {
-    /// Model name or alias.
+    /// Model name (as configured in `[[models]]`).
     #[prost(string, tag = "1")]
     pub model: String,
     /// Version pin; absent = the model's default version.
@@ -100,6 +100,10 @@ pub struct Hello {
     /// Free-form client identification, for logs.
     #[prost(string, tag = "2")]
     pub client: String,
+    /// The shared secret of a server configured with a token (`server.auth_token_file`);
+    /// empty = none. Sent in the clear: use it over a Unix socket, loopback or a trusted link.
+    #[prost(string, tag = "3")]
+    pub token: String,
 }
 
 /// HELLO_RESPONSE (0x81): the chosen version and the server's limits.

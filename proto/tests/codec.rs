@@ -37,8 +37,16 @@ fn opt_string() -> impl Strategy<Value = Option<String>> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (prop::collection::vec(any::<u32>(), 0..4), "\\PC{0,20}")
-        .prop_map(|(versions, client)| Hello { versions, client })
+    (
+        prop::collection::vec(any::<u32>(), 0..4),
+        "\\PC{0,20}",
+        "\\PC{0,20}",
+    )
+        .prop_map(|(versions, client, token)| Hello {
+            versions,
+            client,
+            token,
+        })
 }
 
 fn hello_response() -> impl Strategy<Value = HelloResponse> {
@@ -780,13 +788,14 @@ fn codes_opcodes_and_dtypes_are_stable() {
             (11, "NOT_IMPLEMENTED"),
             (12, "SHUTTING_DOWN"),
             (13, "TOO_MANY_IN_FLIGHT"),
+            (14, "UNAUTHENTICATED"),
         ]
     );
     for c in ErrorCode::ALL {
         assert_eq!(ErrorCode::from_u32(c.as_u32()), Some(c));
     }
     assert_eq!(ErrorCode::from_u32(0), None);
-    assert_eq!(ErrorCode::from_u32(14), None);
+    assert_eq!(ErrorCode::from_u32(u32::MAX), None);
     for op in Opcode::ALL {
         assert_eq!(Opcode::from_u8(op.as_u8()), Some(op));
         if let Some(r) = op.response() {

@@ -56,6 +56,25 @@ fn example_error() -> Vec<u8> {
     out
 }
 
+/// HELLO from a client of a server configured with a token.
+fn example_hello_with_token() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = Hello {
+        versions: vec![1],
+        client: "cli".into(),
+        token: "0123456789abcdef".into(),
+    };
+    encode_message(Opcode::Hello, 1, &msg, &mut out).unwrap();
+    out
+}
+
+/// The server's refusal of a wrong (or missing) token; the connection then closes.
+fn example_unauthenticated() -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_error(1, ErrorCode::Unauthenticated, "wrong token", 0, &mut out).unwrap();
+    out
+}
+
 /// `offset: hex bytes` lines of 16 bytes, grouped by 4.
 fn hexdump(bytes: &[u8]) -> String {
     let mut s = String::new();
@@ -106,6 +125,8 @@ fn protocol_doc_examples_match_the_encoder() {
         ("predict-frame", example_predict()),
         ("predict-response-frame", example_predict_response()),
         ("error-frame", example_error()),
+        ("hello-token-frame", example_hello_with_token()),
+        ("unauthenticated-frame", example_unauthenticated()),
     ] {
         // The examples must themselves be valid frames.
         let f = decode_frame(&frame).unwrap();
@@ -139,6 +160,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             &Hello {
                 versions: vec![1],
                 client: "seed".into(),
+                ..Default::default()
             },
             o,
         )
