@@ -1,11 +1,13 @@
 //! Model sources: where model versions come from.
 //!
-//! Today: model files on local disk, named in the daemon's config. The signed
-//! registry (file/HTTP layout or MLflow Model Registry) arrives with its own issue
-//! and lands here, behind the same [`ModelArtifact`] the daemon already consumes.
+//! Today: model files on local disk, named in the daemon's config, and [`tuf`],
+//! the TUF client that signed releases are verified with (the pull agent and
+//! release tooling build on it).
 //!
 //! Architecture invariant: this crate never runs a model. It hands bytes and
 //! identity to the daemon, which loads, warms and swaps them in.
+
+pub mod tuf;
 
 use std::path::{Path, PathBuf};
 
