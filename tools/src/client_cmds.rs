@@ -52,6 +52,49 @@ impl Target {
     }
 }
 
+/// Connects; a socket that is missing or refuses says the daemon may not be running.
+fn connect(endpoint: &Endpoint) -> anyhow::Result<Client> {
+    Client::connect(endpoint).map_err(|e| {
+        let down = match &e {
+            edgeinfer_client::ClientError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+            _ => false,
+        };
+        let e = anyhow::Error::new(e);
+        if down {
+            e.context(format!(
+                "connecting to {endpoint}: nothing is listening there; edgeinferd may not be \
+                 running (start it with tools/run-demo.sh, or check `systemctl status edgeinferd`)"
+            ))
+        } else {
+            e.context(format!("connecting to {endpoint}"))
+        }
+    })
+}
+
+/// For an UNKNOWN_MODEL refusal, the models the daemon does have (by HEALTH), so the
+/// message says what to ask for instead.
+fn with_loaded_models(client: &mut Client, e: edgeinfer_client::ClientError) -> anyhow::Error {
+    if e.server_code() != Some(proto::ErrorCode::UnknownModel) {
+        return e.into();
+    }
+    let loaded = match client.health() {
+        Ok(h) => {
+            let mut names: Vec<String> = h.models.iter().map(|m| m.name.clone()).collect();
+            names.dedup();
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        }
+        Err(_) => return e.into(),
+    };
+    anyhow::Error::new(e).context(format!("the daemon serves: {loaded}"))
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct InputArgs {
     /// One row of input values, comma-separated; repeat the flag for more rows.
@@ -153,11 +196,14 @@ fn build_input(
     let (name, dtype, rank, width) = match (&a.input_name, a.dtype) {
         (Some(n), Some(d)) => (n.clone(), d, 2, None),
         _ => {
-            let md = client
-                .metadata(model, a.version.as_deref())
-                .with_context(|| {
-                    format!("asking for {model:?}'s metadata (--input-name and --dtype skip it)")
-                })?;
+            let md = match client.metadata(model, a.version.as_deref()) {
+                Ok(md) => md,
+                Err(e) => {
+                    return Err(with_loaded_models(client, e).context(format!(
+                        "asking for {model:?}'s metadata (--input-name and --dtype skip it)"
+                    )))
+                }
+            };
             let spec = match &a.input_name {
                 Some(n) => md
                     .inputs
@@ -205,6 +251,9 @@ fn build_input(
     if let Some(bad) = rows.iter().find(|r| r.len() != n) {
         bail!("rows differ in length: {n} and {}", bad.len());
     }
+    if let Some(w) = width.filter(|&w| rank == 2 && w != n) {
+        bail!("model {model:?} input {name:?}: expected {w} values per row, got {n}");
+    }
     let total_rows = (rows.len() as u64)
         .checked_mul(a.rows)
         .filter(|&r| r > 0)
@@ -245,8 +294,7 @@ fn values_json(t: &Tensor) -> Value {
 
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let endpoint = a.target.endpoint()?;
-    let mut client =
-        Client::connect(&endpoint).with_context(|| format!("connecting to {endpoint}"))?;
+    let mut client = connect(&endpoint)?;
     let input = build_input(&mut client, &a.model, &a.input, false)?;
     let opts = PredictOptions {
         version: a.input.version.clone(),
@@ -255,9 +303,12 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         routing_key: a.routing_key.clone().unwrap_or_default().into_bytes(),
     };
     let start = Instant::now();
-    let r = client
-        .predict(&a.model, &[input.view()], &opts)
-        .with_context(|| format!("PREDICT {:?}", a.model))?;
+    let r = match client.predict(&a.model, &[input.view()], &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(with_loaded_models(&mut client, e).context(format!("PREDICT {:?}", a.model)))
+        }
+    };
     let latency_us = start.elapsed().as_secs_f64() * 1e6;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -296,18 +347,28 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
 
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     let endpoint = a.target.endpoint()?;
-    let mut client =
-        Client::connect(&endpoint).with_context(|| format!("connecting to {endpoint}"))?;
+    let mut client = connect(&endpoint)?;
     let hello = client.hello().context("HELLO")?;
     let health = client.health().context("HEALTH")?;
+    // How each engine was chosen, and what fell back and why (the README promises it):
+    // the load report METADATA carries, one request per version.
+    let mut reports = Vec::with_capacity(health.models.len());
+    for m in &health.models {
+        let md = client
+            .metadata(&m.name, Some(&m.version))
+            .with_context(|| format!("METADATA {:?} version {:?}", m.name, m.version))?;
+        reports.push(serde_json::from_str::<Value>(&md.load_report).unwrap_or(Value::Null));
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         let models: Vec<Value> = health
             .models
             .iter()
-            .map(|m| {
+            .zip(&reports)
+            .map(|(m, report)| {
                 json!({"name": m.name, "version": m.version, "backend": m.backend, "ready": m.ready,
-                       "default": m.default, "requests": m.requests, "errors": m.errors})
+                       "default": m.default, "requests": m.requests, "errors": m.errors,
+                       "engine_reason": report["reason"], "fallbacks": report["fallbacks"]})
             })
             .collect();
         let v = json!({
@@ -351,6 +412,19 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
             .map(|(v, w)| format!("{v:<w$}"))
             .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    for (m, report) in health.models.iter().zip(&reports) {
+        if let Some(reason) = report["reason"].as_str() {
+            writeln!(out, "{} {}: engine {reason}", m.name, m.version)?;
+        }
+        for f in report["fallbacks"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  fallback {}: {}",
+                f["backend"].as_str().unwrap_or("?"),
+                f["reason"].as_str().unwrap_or("?")
+            )?;
+        }
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ pub struct DoctorArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// ONNX Runtime library to check (default: ORT_DYLIB_PATH).
+    /// ONNX Runtime library to check (default: ORT_DYLIB_PATH, then the places the daemon
+    /// also searches: <checkout>/.cache/ort/, /usr/lib/edgeinfer/).
     #[arg(long)]
     pub ort_library: Option<PathBuf>,
 }
@@ -32,7 +33,7 @@ pub struct BenchEngineArgs {
     pub iters: usize,
     #[arg(long)]
     pub json: bool,
-    /// ONNX Runtime library (default: ORT_DYLIB_PATH).
+    /// ONNX Runtime library (default: as for `doctor`).
     #[arg(long)]
     pub ort_library: Option<PathBuf>,
 }
