@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use edgeinfer_client::proto::*;
@@ -157,21 +156,33 @@ fn serve(mut s: impl Read + Write) {
     }
 }
 
-fn socket_path() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "edgeinfer-client-test-{}-{}.sock",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_file(&p);
-    p
+/// A socket path in a fresh temp dir; the dir (and the socket) go when it is dropped.
+fn socket_path() -> (PathBuf, tempfile::TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix("edgeinfer-client-test-")
+        .tempdir()
+        .unwrap();
+    (dir.path().join("server.sock"), dir)
 }
 
-/// Starts the test server on a Unix socket or TCP and returns its endpoint.
-fn start(unix: bool) -> Endpoint {
+/// A running test server: its endpoint, and for Unix its temp dir, removed on drop.
+/// Connections made before the drop stay up (a connected socket needs no path).
+struct Server {
+    ep: Endpoint,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.ep
+    }
+}
+
+/// Starts the test server on a Unix socket or TCP.
+fn start(unix: bool) -> Server {
     if unix {
-        let path = socket_path();
+        let (path, dir) = socket_path();
         let l = UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {
             for s in l.incoming() {
@@ -179,7 +190,10 @@ fn start(unix: bool) -> Endpoint {
                 std::thread::spawn(move || serve(s));
             }
         });
-        Endpoint::Unix(path)
+        Server {
+            ep: Endpoint::Unix(path),
+            _dir: Some(dir),
+        }
     } else {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -189,7 +203,10 @@ fn start(unix: bool) -> Endpoint {
                 std::thread::spawn(move || serve(s));
             }
         });
-        Endpoint::Tcp(addr)
+        Server {
+            ep: Endpoint::Tcp(addr),
+            _dir: None,
+        }
     }
 }
 
@@ -395,7 +412,7 @@ fn a_server_that_hangs_up_is_an_io_error() {
         .predict("close", &[x(&[1.0]).view()], &PredictOptions::default())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io, "{e:?}");
-    let missing = Endpoint::Unix(socket_path());
+    let missing = Endpoint::Unix(socket_path().0);
     assert_eq!(
         blocking::Client::connect(&missing).err().unwrap().kind(),
         ErrorKind::Io

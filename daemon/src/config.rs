@@ -82,23 +82,8 @@ pub struct ServerConfig {
     pub allowed_gids: Vec<u32>,
 }
 
-/// The HTTP listener: health, metrics, KServe v2 and `/predict`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// `IP:port`; empty = no HTTP. Loopback unless secured.
-    #[serde(with = "opt_addr")]
-    pub listen: Option<SocketAddr>,
-    /// File holding the bearer token (`Authorization: Bearer …`) for everything but health.
-    pub auth_token_file: Option<PathBuf>,
-    /// PEM certificate chain and key: serve HTTPS (rustls).
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// Largest request body accepted.
-    pub max_body_bytes: usize,
-    /// The model `POST /predict` serves (it names none); unset = the first of `[[models]]`.
-    pub predict_model: Option<String>,
-}
+/// The `[http]` section; its type, defaults and checks live with the HTTP server.
+pub use crate::http::config::HttpConfig;
 
 /// Engine defaults for every model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,19 +206,6 @@ impl Default for ServerConfig {
             tls_key: None,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
-        }
-    }
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7701))),
-            auth_token_file: None,
-            tls_cert: None,
-            tls_key: None,
-            max_body_bytes: 16 << 20,
-            predict_model: None,
         }
     }
 }
@@ -411,7 +383,7 @@ impl<'de> Deserialize<'de> for Cores {
 }
 
 /// An optional `IP:port`, written as a string; `""` = off.
-mod opt_addr {
+pub(crate) mod opt_addr {
     use super::*;
 
     pub fn parse(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -1044,14 +1016,7 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
         600_000,
         " ms",
     );
-    range(
-        out,
-        "http.max_body_bytes",
-        c.http.max_body_bytes as u64,
-        1024,
-        1 << 30,
-        " bytes",
-    );
+    crate::http::config::validate(&c.http, out);
     range(
         out,
         "engine.intra_op_threads",
@@ -1222,7 +1187,7 @@ fn invalid(out: &mut Vec<Problem>, key: &str, message: String) {
     })
 }
 
-fn range(out: &mut Vec<Problem>, key: &str, v: u64, lo: u64, hi: u64, unit: &str) {
+pub(crate) fn range(out: &mut Vec<Problem>, key: &str, v: u64, lo: u64, hi: u64, unit: &str) {
     if !(lo..=hi).contains(&v) {
         invalid(
             out,

@@ -6,9 +6,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use edgeinfer_proto::*;
@@ -18,15 +17,34 @@ fn edgeinfer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
 }
 
-fn temp_socket(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "edgeinfer-cli-{tag}-{}-{}.sock",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_file(&p);
-    p
+/// A socket path in a fresh temp dir, removed with the dir when the test ends.
+struct TempSocket {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TempSocket {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempSocket {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn temp_socket(tag: &str) -> TempSocket {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("edgeinfer-cli-{tag}-"))
+        .tempdir()
+        .unwrap();
+    TempSocket {
+        path: dir.path().join(format!("{tag}.sock")),
+        _dir: dir,
+    }
 }
 
 /// A child process killed (by its own id) when the test ends, pass or fail.
@@ -185,7 +203,6 @@ fn echo_server_leaves_a_live_socket_and_other_files_alone() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
-    std::fs::remove_file(file).unwrap();
 }
 
 #[test]
@@ -202,7 +219,7 @@ fn bench_needs_a_target() {
 
 /// Serves model "double" (input `x`, f32, shape [-1, 3]; output `x2` = 2·x) with METADATA
 /// and HEALTH; anything else is UNKNOWN_MODEL.
-fn protocol_server() -> PathBuf {
+fn protocol_server() -> TempSocket {
     fn serve(mut s: std::os::unix::net::UnixStream) {
         let mut out = Vec::new();
         loop {
