@@ -1,0 +1,198 @@
+//! Feature-store figures in one run: entity lookup + assembly p50/p99 at 10k and 1M
+//! entities, one Redis GET of the same row over loopback (when `EDGEINFER_BENCH_REDIS`
+//! names a running redis-server, as benches/features.sh arranges), and CSV import rows/s.
+//!
+//! Run: `bash benches/features.sh` (or `cargo bench -p edgeinfer-features --bench lookup`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use edgeinfer_features::import::{import_file, ImportOptions};
+use edgeinfer_features::{
+    Assembler, FeatureDType, FeatureRow, FeatureSchema, FeatureStore, FieldSpec, StalePolicy,
+    StoreOptions,
+};
+use hdrhistogram::Histogram;
+
+const WIDTH: usize = 20;
+const SAMPLES: u64 = 200_000;
+
+fn schema() -> FeatureSchema {
+    FeatureSchema {
+        version: 1,
+        input: None,
+        max_age_s: 0,
+        stale: StalePolicy::Default,
+        fields: (0..WIDTH)
+            .map(|i| FieldSpec {
+                name: format!("f{i}"),
+                dtype: FeatureDType::F32,
+                default: 0.0,
+                max_age_s: None,
+                allow_non_finite: false,
+            })
+            .collect(),
+    }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("customer-{i:010}").into_bytes()
+}
+
+fn row(i: u64) -> FeatureRow {
+    FeatureRow {
+        event_ts_ms: 1_700_000_000_000,
+        schema_version: 1,
+        values: (0..WIDTH)
+            .map(|j| Some((i as f64) + j as f64 * 0.5))
+            .collect(),
+    }
+}
+
+/// xorshift: a cheap, fixed sequence of keys so runs are comparable.
+fn next(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn pct(h: &Histogram<u64>) -> (f64, f64) {
+    (
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    )
+}
+
+fn lookup(n: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FeatureStore::open(&StoreOptions::new(dir.path(), 4 << 30, 2)).unwrap();
+    let asm = Assembler::new(&store, schema()).unwrap();
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..n {
+        batch.push((key(i), row(i)));
+        if batch.len() == 10_000 {
+            store.put(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    store.put(&batch).unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let (mut out, mut reps) = (Vec::new(), Vec::new());
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..SAMPLES + 10_000 {
+        let k = key(next(&mut s) % n);
+        let t0 = Instant::now();
+        // What PREDICT_BY_ENTITY does per request: a read txn, lookup, assembly.
+        let txn = store.read_txn().unwrap();
+        asm.assemble(&store, &txn, &[&k], &[], 0, &mut out, &mut reps)
+            .unwrap();
+        drop(txn);
+        let ns = t0.elapsed().as_nanos() as u64;
+        assert_eq!(out.len(), WIDTH);
+        if round >= 10_000 {
+            h.record(ns.max(1)).unwrap();
+        }
+    }
+    pct(&h)
+}
+
+/// One GET of the same encoded row over loopback with the RESP protocol, as Feast's Redis
+/// online store does per entity.
+fn redis(addr: &str) -> (f64, f64) {
+    let mut w = TcpStream::connect(addr).unwrap();
+    w.set_nodelay(true).unwrap();
+    let mut r = BufReader::new(w.try_clone().unwrap());
+    let value = row(7).encode();
+    let k = key(7);
+    let mut set = format!("*3\r\n$3\r\nSET\r\n${}\r\n", k.len()).into_bytes();
+    set.extend_from_slice(&k);
+    set.extend_from_slice(format!("\r\n${}\r\n", value.len()).as_bytes());
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    w.write_all(&set).unwrap();
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line).unwrap();
+    assert_eq!(line, b"+OK\r\n");
+    let mut get = format!("*2\r\n$3\r\nGET\r\n${}\r\n", k.len()).into_bytes();
+    get.extend_from_slice(&k);
+    get.extend_from_slice(b"\r\n");
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let mut body = vec![0u8; value.len() + 2];
+    for round in 0..50_000 + 2_000 {
+        let t0 = Instant::now();
+        w.write_all(&get).unwrap();
+        line.clear();
+        r.read_until(b'\n', &mut line).unwrap();
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        let ns = t0.elapsed().as_nanos() as u64;
+        assert_eq!(&body[..value.len()], &value[..]);
+        if round >= 2_000 {
+            h.record(ns.max(1)).unwrap();
+        }
+    }
+    pct(&h)
+}
+
+fn import_rate(rows: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    write!(f, "entity,event_ts_ms").unwrap();
+    for j in 0..WIDTH {
+        write!(f, ",f{j}").unwrap();
+    }
+    writeln!(f).unwrap();
+    for i in 0..rows {
+        write!(f, "customer-{i:010},1700000000000").unwrap();
+        for j in 0..WIDTH {
+            write!(f, ",{}", (i % 1000) as f64 + j as f64 * 0.25).unwrap();
+        }
+        writeln!(f).unwrap();
+    }
+    drop(f);
+    let store = FeatureStore::open(&StoreOptions::new(dir.path().join("db"), 4 << 30, 2)).unwrap();
+    let t0 = Instant::now();
+    let r = import_file(
+        &store,
+        &schema(),
+        &path,
+        &ImportOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(r.written, rows);
+    rows as f64 / secs
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with `--bench` absent; keep that quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("run with --bench (cargo bench) for figures");
+        return;
+    }
+    println!("| measurement | p50 µs | p99 µs |");
+    println!("|---|---|---|");
+    let (a50, a99) = lookup(10_000);
+    println!("| lookup + assembly, 10k entities, {WIDTH} f32 features | {a50:.2} | {a99:.2} |");
+    let (b50, b99) = lookup(1_000_000);
+    println!("| lookup + assembly, 1M entities | {b50:.2} | {b99:.2} |");
+    match std::env::var("EDGEINFER_BENCH_REDIS") {
+        Ok(addr) => {
+            let (r50, r99) = redis(&addr);
+            println!("| Redis GET of the same row, loopback ({addr}) | {r50:.2} | {r99:.2} |");
+            println!();
+            println!(
+                "lookup vs Redis GET (p50): {:.1}× faster at 10k, {:.1}× at 1M (target ≥ 10×)",
+                r50 / a50,
+                r50 / b50
+            );
+        }
+        Err(_) => println!("| Redis GET | not run: EDGEINFER_BENCH_REDIS unset | |"),
+    }
+    let rate = import_rate(1_000_000);
+    println!();
+    println!("CSV import, 1M rows × {WIDTH} features: {rate:.0} rows/s (target ≥ 200000)");
+}

@@ -1,0 +1,210 @@
+//! The stored row: a feature vector, its event time and its schema version, laid out so
+//! that reads are zero-copy.
+//!
+//! ```text
+//! 0   event_ts_ms   i64 LE
+//! 8   schema_version u32 LE
+//! 12  count          u16 LE   number of values
+//! 14  format         u16 LE   ROW_FORMAT
+//! 16  presence       ceil(count/64) × u64 LE, bit i set = value i present
+//! ..  values         count × f64 LE
+//! ```
+//! Every section starts at a multiple of 8 from the row start, so when LMDB hands back an
+//! 8-aligned value (the usual case) the values are viewed in place as `&[f64]` with
+//! bytemuck. LMDB only promises 2-byte alignment, so a misaligned value is read with
+//! unaligned loads instead: same answers, never a panic.
+
+use crate::FeatureError;
+
+pub const ROW_FORMAT: u16 = 1;
+const HEADER: usize = 16;
+
+/// A row to write: values in the schema's field order, `None` = absent (takes the default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub event_ts_ms: i64,
+    pub schema_version: u32,
+    pub values: Vec<Option<f64>>,
+}
+
+/// The encoded length of a row of `count` values.
+pub const fn encoded_len(count: usize) -> usize {
+    HEADER + count.div_ceil(64) * 8 + count * 8
+}
+
+impl FeatureRow {
+    /// Appends the encoding to `out` (cleared first).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let n = self.values.len();
+        out.clear();
+        out.reserve(encoded_len(n));
+        out.extend_from_slice(&self.event_ts_ms.to_le_bytes());
+        out.extend_from_slice(&self.schema_version.to_le_bytes());
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+        out.extend_from_slice(&ROW_FORMAT.to_le_bytes());
+        for chunk in self.values.chunks(64) {
+            let mut word = 0u64;
+            for (i, v) in chunk.iter().enumerate() {
+                if v.is_some() {
+                    word |= 1 << i;
+                }
+            }
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        for v in &self.values {
+            out.extend_from_slice(&v.unwrap_or(0.0).to_le_bytes());
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode_into(&mut v);
+        v
+    }
+}
+
+/// A stored row viewed in place.
+#[derive(Debug, Clone, Copy)]
+pub struct RowView<'a> {
+    pub event_ts_ms: i64,
+    pub schema_version: u32,
+    count: usize,
+    presence: &'a [u8],
+    values: Values<'a>,
+}
+
+/// The values section: in place when aligned, otherwise read with unaligned loads.
+#[derive(Debug, Clone, Copy)]
+enum Values<'a> {
+    Aligned(&'a [f64]),
+    Unaligned(&'a [u8]),
+}
+
+impl<'a> RowView<'a> {
+    /// Views an encoded row; a malformed one is an error, never a panic.
+    pub fn parse(bytes: &'a [u8]) -> Result<RowView<'a>, FeatureError> {
+        let bad = |m: String| FeatureError::Malformed(format!("stored row: {m}"));
+        if bytes.len() < HEADER {
+            return Err(bad(format!(
+                "{} bytes, shorter than the header",
+                bytes.len()
+            )));
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+        let format = u16_at(14);
+        if format != ROW_FORMAT {
+            return Err(bad(format!(
+                "format {format}, this build reads {ROW_FORMAT}"
+            )));
+        }
+        let count = usize::from(u16_at(12));
+        if bytes.len() != encoded_len(count) {
+            return Err(bad(format!(
+                "{} bytes for {count} values, expected {}",
+                bytes.len(),
+                encoded_len(count)
+            )));
+        }
+        let event_ts_ms = i64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
+        let schema_version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        let values_at = HEADER + count.div_ceil(64) * 8;
+        let presence = &bytes[HEADER..values_at];
+        let raw = &bytes[values_at..];
+        let values = match bytemuck::try_cast_slice::<u8, f64>(raw) {
+            Ok(v) => Values::Aligned(v),
+            Err(_) => Values::Unaligned(raw),
+        };
+        Ok(RowView {
+            event_ts_ms,
+            schema_version,
+            count,
+            presence,
+            values,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the values were viewed in place (the zero-copy path).
+    pub fn is_zero_copy(&self) -> bool {
+        matches!(self.values, Values::Aligned(_))
+    }
+
+    /// Value `i`, `None` when absent or out of range.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<f64> {
+        if i >= self.count || self.presence[i / 8] & (1 << (i % 8)) == 0 {
+            return None;
+        }
+        Some(match self.values {
+            Values::Aligned(v) => v[i],
+            Values::Unaligned(b) => {
+                f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+            }
+        })
+    }
+
+    /// Copies the row back into an owned [`FeatureRow`].
+    pub fn to_row(&self) -> FeatureRow {
+        FeatureRow {
+            event_ts_ms: self.event_ts_ms,
+            schema_version: self.schema_version,
+            values: (0..self.count).map(|i| self.get(i)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FeatureRow {
+        FeatureRow {
+            event_ts_ms: 1_700_000_000_123,
+            schema_version: 7,
+            values: (0..70)
+                .map(|i| (i % 3 != 0).then_some(i as f64 * 0.5))
+                .collect(),
+        }
+    }
+
+    /// The same bytes at an 8-aligned offset and at a 2-aligned one (what LMDB may give)
+    /// read the same: in place on the first, with unaligned loads on the second.
+    #[test]
+    fn aligned_and_unaligned_reads_agree() {
+        let row = sample();
+        let enc = row.encode();
+        assert_eq!(enc.len(), encoded_len(70));
+        // A u64 buffer is 8-aligned; copy the row in at byte offsets 0 and 2.
+        let mut words = vec![0u64; enc.len() / 8 + 2];
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        buf[..enc.len()].copy_from_slice(&enc);
+        let aligned = RowView::parse(&buf[..enc.len()]).unwrap();
+        assert!(aligned.is_zero_copy());
+        assert_eq!(aligned.to_row(), row);
+
+        buf[2..2 + enc.len()].copy_from_slice(&enc);
+        let unaligned = RowView::parse(&buf[2..2 + enc.len()]).unwrap();
+        assert!(!unaligned.is_zero_copy());
+        assert_eq!(unaligned.to_row(), row);
+        assert_eq!(unaligned.get(0), None);
+        assert_eq!(unaligned.get(1), Some(0.5));
+        assert_eq!(unaligned.get(70), None);
+    }
+
+    #[test]
+    fn malformed_rows_are_errors() {
+        let enc = sample().encode();
+        assert!(RowView::parse(&enc[..10]).is_err());
+        assert!(RowView::parse(&enc[..enc.len() - 1]).is_err());
+        let mut bad = enc.clone();
+        bad[14] = 9;
+        assert!(RowView::parse(&bad).is_err());
+    }
+}
