@@ -1,6 +1,6 @@
-//! Running a model for an HTTP request: the HTTP thread's own engine sessions (one per model
-//! version, made on first use and dropped when the version leaves the table), input checks,
-//! and the per-version counters shared with the data path.
+//! Running a model for an HTTP request on an inference-pool thread: that thread's own engine
+//! sessions (one per model version, made on first use and dropped when the version leaves
+//! the table), input checks, and the per-version counters shared with the data path.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,7 +13,7 @@ use edgeinfer_engine::{validate_inputs, DType, ErrorKind, Outputs, Session, Tens
 use super::{ApiError, HttpState};
 use crate::model_table::{ModelVersion, Outcome, Snapshot};
 
-/// One session per model version, for the HTTP thread only.
+/// One session per model version, for one inference-pool thread.
 #[derive(Default)]
 pub struct SessionCache {
     generation: u64,
@@ -88,6 +88,7 @@ pub(crate) fn resolve(
 /// `render` while the session's buffers are borrowed. Counts the request in the version's
 /// stats, like the data path does.
 pub(crate) fn run<R>(
+    cache: &mut SessionCache,
     state: &HttpState,
     version: &Arc<ModelVersion>,
     inputs: &[OwnedInput],
@@ -105,7 +106,6 @@ pub(crate) fn run<R>(
         .and_then(|v| v.shape.first().copied())
         .unwrap_or(1) as u64;
 
-    let mut cache = state.sessions.lock().unwrap_or_else(|e| e.into_inner());
     cache.prune(&state.table.load());
     let key = Arc::as_ptr(version) as usize;
     let entry = match cache.entries.entry(key) {

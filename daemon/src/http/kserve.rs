@@ -17,7 +17,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::infer::{self, OwnedInput};
+use super::infer::{self, OwnedInput, SessionCache};
 use super::{ApiError, HttpState};
 use crate::model_table::ModelVersion;
 
@@ -184,32 +184,57 @@ struct RequestOutput {
 }
 
 pub(super) async fn infer(
-    state: State<Arc<HttpState>>,
+    State(state): State<Arc<HttpState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    infer_any(&state, &name, None, &headers, body?)
+    infer_pooled(state, name, None, headers, body?).await
 }
 
 pub(super) async fn infer_v(
-    state: State<Arc<HttpState>>,
+    State(state): State<Arc<HttpState>>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    infer_any(&state, &name, Some(&version), &headers, body?)
+    infer_pooled(state, name, Some(version), headers, body?).await
+}
+
+/// Hands the request to the inference pool: decoding a large body is work too.
+async fn infer_pooled(
+    state: Arc<HttpState>,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let pool = state.pool.clone();
+    pool.run(move |cache| {
+        infer_any(
+            cache,
+            &state,
+            &name,
+            version.as_deref(),
+            &headers,
+            &body,
+            start,
+        )
+    })
+    .await?
 }
 
 fn infer_any(
+    cache: &mut SessionCache,
     state: &HttpState,
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: &[u8],
+    start: Instant,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let (json, binary) = split_body(headers, &body)?;
+    let (json, binary) = split_body(headers, body)?;
     let req: InferRequest = serde_json::from_slice(json).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not a KServe v2 inference request: {e}"
@@ -266,7 +291,7 @@ fn infer_any(
     };
 
     let model_version = v.version.clone();
-    infer::run(state, &v, &inputs, start, |outs: &Outputs| {
+    infer::run(cache, state, &v, &inputs, start, |outs: &Outputs| {
         let mut tail = Vec::new();
         let mut tensors = Vec::with_capacity(wanted.len());
         for &(idx, bin) in &wanted {
@@ -460,6 +485,15 @@ fn decode_inputs(
                         "input {name:?} has both data and binary_data_size"
                     )));
                 }
+                // The declared size must match the shape before any byte is copied.
+                if size != elems * dtype.size() {
+                    return Err(ApiError::bad_request(format!(
+                        "input {name:?}: {size} bytes of binary data for shape {:?} of {} ({} bytes expected)",
+                        input.shape,
+                        input.datatype,
+                        elems * dtype.size()
+                    )));
+                }
                 let end = cursor.checked_add(size).filter(|&e| e <= binary.len()).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "input {name:?}: binary_data_size {size} runs past the end of the body ({} binary bytes)",
@@ -468,15 +502,6 @@ fn decode_inputs(
                 })?;
                 let bytes = binary[cursor..end].to_vec();
                 cursor = end;
-                if bytes.len() != elems * dtype.size() {
-                    return Err(ApiError::bad_request(format!(
-                        "input {name:?}: {} bytes of binary data for shape {:?} of {} ({} bytes expected)",
-                        bytes.len(),
-                        input.shape,
-                        input.datatype,
-                        elems * dtype.size()
-                    )));
-                }
                 bytes
             }
             None => {
@@ -484,16 +509,24 @@ fn decode_inputs(
                     .data
                     .as_ref()
                     .ok_or_else(|| ApiError::bad_request(format!("input {name:?} has no data")))?;
-                let mut bytes = Vec::with_capacity(elems * dtype.size());
-                let mut count = 0usize;
-                json_elements(value, dtype, &mut bytes, &mut count, elems)
-                    .map_err(|m| ApiError::bad_request(format!("input {name:?}: {m}")))?;
+                // Count what the body holds before reserving what the shape declares: a
+                // 60-byte body must not reserve a gigabyte.
+                let count = count_elements(value, elems);
+                if count > elems {
+                    return Err(ApiError::bad_request(format!(
+                        "input {name:?}: more values than the shape holds ({elems})"
+                    )));
+                }
                 if count != elems {
                     return Err(ApiError::bad_request(format!(
                         "input {name:?}: {count} values for shape {:?} ({elems} expected)",
                         input.shape
                     )));
                 }
+                let mut bytes = Vec::with_capacity(elems * dtype.size());
+                let mut count = 0usize;
+                json_elements(value, dtype, &mut bytes, &mut count, elems)
+                    .map_err(|m| ApiError::bad_request(format!("input {name:?}: {m}")))?;
                 bytes
             }
         };
@@ -518,6 +551,23 @@ fn decode_inputs(
             })
         })
         .collect()
+}
+
+/// The leaf values of a (possibly nested) JSON array, counted up to `limit + 1`.
+fn count_elements(v: &Value, limit: usize) -> usize {
+    match v {
+        Value::Array(items) => {
+            let mut n = 0usize;
+            for item in items {
+                n += count_elements(item, limit - n.min(limit));
+                if n > limit {
+                    break;
+                }
+            }
+            n
+        }
+        _ => 1,
+    }
 }
 
 /// Appends the elements of a (possibly nested) JSON array, row-major, as `dtype` bytes.
@@ -741,6 +791,36 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(words), "{req}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn a_tiny_body_with_a_huge_shape_is_refused_before_anything_is_reserved() {
+        // 2^28 f32 = 1 GiB declared, two values given: the count is checked first, so the
+        // error comes back without a gigabyte reservation (the daemon-level VmPeak check is
+        // in daemon/tests/http_hostile.rs).
+        let specs = [spec("x", DType::F32, vec![Dim::Dynamic, Dim::Fixed(2)])];
+        let req = inputs(serde_json::json!([
+            {"name": "x", "shape": [1 << 27, 2], "datatype": "FP32", "data": [1, 2]},
+        ]));
+        let e = decode_inputs(&specs, &req, &[]).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("2 values"), "{}", e.message);
+        assert!(e.message.contains("268435456 expected"), "{}", e.message);
+        // The binary extension: the declared size is checked against the shape first.
+        let req = inputs(serde_json::json!([
+            {"name": "x", "shape": [1 << 27, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+        ]));
+        let e = decode_inputs(&specs, &req, &[0; 8]).unwrap_err();
+        assert!(
+            e.message.contains("1073741824 bytes expected"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            count_elements(&serde_json::json!([[1, 2], [3, [4, 5]]]), 10),
+            5
+        );
+        assert_eq!(count_elements(&serde_json::json!([1, 2, 3, 4, 5]), 2), 3);
     }
 
     #[test]

@@ -4,16 +4,24 @@
 //!
 //! Architecture invariant: HTTP runs on its own thread with its own single-threaded tokio
 //! runtime, never on a data-path core. It reaches the data path only through the model table
-//! (one atomic load per request) and relaxed counters, and runs inference on its own engine
-//! sessions (one per model version), so HTTP load cannot stall a core.
+//! (one atomic load per request) and relaxed counters, and runs inference on its own bounded
+//! pool of threads with their own engine sessions (one per model version and thread), so
+//! HTTP load cannot stall a core and a slow model cannot stall the HTTP thread. Connections,
+//! header and body time and body memory are bounded by the `[http]` limits
+//! ([`config::HttpConfig`]).
 
+mod body;
+pub mod config;
 mod infer;
 mod kserve;
+mod pool;
 mod predict;
+mod serve;
 mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,6 +60,7 @@ pub struct HttpHandle {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    pool: Arc<pool::InferPool>,
 }
 
 impl HttpHandle {
@@ -71,6 +80,7 @@ impl HttpHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.pool.close();
     }
 }
 
@@ -110,16 +120,34 @@ pub fn spawn(
         .as_deref()
         .map(Token::from_file)
         .transpose()?;
+    let h = &cfg.http;
+    let pool = pool::InferPool::start(h.infer_threads, h.infer_queue)?;
+    let conns = Arc::new(serve::ConnStats::default());
     let state = Arc::new(HttpState {
         table,
         server,
         token,
         predict_model: cfg.predict_model(),
         allow_non_finite: cfg.engine.allow_non_finite,
-        sessions: Mutex::new(SessionCache::default()),
-        stats: HttpStats::default(),
+        pool: pool.clone(),
+        budget: body::Budget::new(h.body_budget_bytes),
+        body_limits: body::BodyLimits {
+            max_bytes: h.max_body_bytes,
+            timeout: h.body_read_timeout(),
+            min_rate: h.body_min_rate_bytes_per_s,
+        },
+        stats: HttpStats {
+            conns: conns.clone(),
+            ..HttpStats::default()
+        },
     });
-    let router = router(state, cfg.http.max_body_bytes);
+    let limits = serve::ConnLimits {
+        max_connections: h.max_connections,
+        header_read_timeout: h.header_read_timeout(),
+        keep_alive_idle: h.keep_alive_idle(),
+    };
+    let router = router(state, h.max_body_bytes);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -147,24 +175,7 @@ pub fn spawn(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let stop = async move {
-                    let _ = stop_rx.await;
-                };
-                let served = match tls {
-                    None => {
-                        axum::serve(listener, router)
-                            .with_graceful_shutdown(stop)
-                            .await
-                    }
-                    Some(tls) => {
-                        axum::serve(tls::TlsListener::new(listener, tls), router)
-                            .with_graceful_shutdown(stop)
-                            .await
-                    }
-                };
-                if let Err(e) = served {
-                    tracing::error!("HTTP server stopped: {e}");
-                }
+                serve::serve(listener, tls, router, limits, conns, stop_rx).await;
             });
         })?;
     ready_rx
@@ -174,6 +185,7 @@ pub fn spawn(
         addr,
         stop: Some(stop_tx),
         thread: Some(thread),
+        pool,
     })
 }
 
@@ -185,14 +197,18 @@ pub(crate) struct HttpState {
     pub token: Option<Token>,
     pub predict_model: String,
     pub allow_non_finite: bool,
-    pub sessions: Mutex<SessionCache>,
+    pub pool: Arc<pool::InferPool>,
+    pub budget: Arc<body::Budget>,
+    pub body_limits: body::BodyLimits,
     pub stats: HttpStats,
 }
 
-/// HTTP requests by route and status, and latency by route.
+/// HTTP requests by route and status, latency by route, and the hostile-client guards.
 #[derive(Default)]
 pub(crate) struct HttpStats {
     by_route: Mutex<BTreeMap<String, RouteStats>>,
+    conns: Arc<serve::ConnStats>,
+    budget_refused: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -202,6 +218,10 @@ struct RouteStats {
 }
 
 impl HttpStats {
+    fn budget_refused(&self) {
+        self.budget_refused.fetch_add(1, Relaxed);
+    }
+
     fn record(&self, route: &str, status: u16, elapsed: std::time::Duration) {
         let mut m = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
         let r = m.entry(route.to_owned()).or_default();
@@ -246,6 +266,60 @@ impl HttpStats {
             let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {total}");
         }
     }
+
+    fn render_guards(&self, out: &mut String, budget: &body::Budget, pool: &pool::InferPool) {
+        use std::fmt::Write as _;
+        let c = &self.conns;
+        for (name, kind, help, v) in [
+            (
+                "edgeinfer_http_connections_open",
+                "gauge",
+                "Open HTTP connections.",
+                c.open.load(Relaxed) as u64,
+            ),
+            (
+                "edgeinfer_http_connections_refused_total",
+                "counter",
+                "HTTP connections refused over http.max_connections.",
+                c.refused.load(Relaxed),
+            ),
+            (
+                "edgeinfer_http_accept_errors_total",
+                "counter",
+                "HTTP accept errors (such as running out of file descriptors).",
+                c.accept_errors.load(Relaxed),
+            ),
+            (
+                "edgeinfer_http_body_bytes_in_flight",
+                "gauge",
+                "Request body bytes held against http.body_budget_bytes.",
+                budget.in_use() as u64,
+            ),
+            (
+                "edgeinfer_http_body_budget_refused_total",
+                "counter",
+                "Requests refused because http.body_budget_bytes was reached.",
+                self.budget_refused.load(Relaxed),
+            ),
+            (
+                "edgeinfer_http_infer_running",
+                "gauge",
+                "HTTP inference requests running on the pool's threads.",
+                pool.running.load(Relaxed) as u64,
+            ),
+            (
+                "edgeinfer_http_infer_queue_refused_total",
+                "counter",
+                "HTTP inference requests refused because http.infer_queue was full.",
+                pool.refused.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    }
 }
 
 // === Errors ===
@@ -255,6 +329,8 @@ impl HttpStats {
 pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// `Retry-After` in seconds, for refusals that clear up on their own.
+    pub retry_after_s: Option<u32>,
 }
 
 impl ApiError {
@@ -262,7 +338,12 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+    pub fn retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after_s = Some(seconds);
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -277,11 +358,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
     }
 }
 
@@ -332,6 +418,11 @@ fn router(state: Arc<HttpState>, max_body: usize) -> Router {
             post(kserve::infer_v),
         )
         .route("/predict", post(predict::predict))
+        // Bodies are read (under the budget and deadlines) only once the token checks out.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::read_body,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -417,5 +508,8 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut text = String::with_capacity(32 << 10);
     crate::metrics::render_into(&mut text, &snap, state.server.as_deref());
     state.stats.render(&mut text);
+    state
+        .stats
+        .render_guards(&mut text, &state.budget, &state.pool);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

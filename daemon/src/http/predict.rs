@@ -18,7 +18,7 @@ use edgeinfer_engine::{DType, Dim, OutputTensor, Outputs};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::infer::{self, OwnedInput};
+use super::infer::{self, OwnedInput, SessionCache};
 use super::kserve::{Data, ROUTING_KEY};
 use super::{ApiError, HttpState};
 
@@ -73,7 +73,20 @@ pub(super) async fn predict(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let body = body?;
-    let req: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
+    let pool = state.pool.clone();
+    pool.run(move |cache| predict_on(cache, &state, &headers, &body, start))
+        .await?
+}
+
+/// The whole of `/predict` after the body is in: parse, check, run, render (on a pool thread).
+fn predict_on(
+    cache: &mut SessionCache,
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let req: PredictRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "expected {{\"features\": [[number, …], …], \"model_version\"?: string}}: {e}"
         ))
@@ -83,7 +96,7 @@ pub(super) async fn predict(
         .map(HeaderValue::as_bytes)
         .unwrap_or(b"");
     let v = infer::resolve(
-        &state,
+        state,
         &state.predict_model,
         req.model_version.as_deref(),
         routing_key,
@@ -147,7 +160,8 @@ pub(super) async fn predict(
         .unwrap_or(0);
     let version = v.version.clone();
     infer::run(
-        &state,
+        cache,
+        state,
         &v,
         std::slice::from_ref(&input),
         start,
