@@ -53,9 +53,16 @@ impl Client {
 
     /// Negotiates the version and learns the server's limits.
     pub async fn hello(&mut self) -> Result<HelloResponse, ClientError> {
+        self.hello_with_token("").await
+    }
+
+    /// HELLO carrying `token`, as a server with `server.auth_token_file` requires before
+    /// anything else (a wrong one is answered UNAUTHENTICATED and the connection closes).
+    pub async fn hello_with_token(&mut self, token: &str) -> Result<HelloResponse, ClientError> {
         let msg = Hello {
             versions: SUPPORTED_VERSIONS.to_vec(),
             client: concat!("edgeinfer-client/", env!("CARGO_PKG_VERSION")).into(),
+            token: token.into(),
         };
         let id = self.conn.encode_message(Opcode::Hello, &msg)?;
         self.send_wbuf().await?;

@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub read_timeout_ms: u64,
     /// An idle connection is closed after this long.
     pub idle_timeout_ms: u64,
+    /// A connection whose client reads none of its answers for this long is closed.
+    pub write_timeout_ms: u64,
+    /// Bytes of idle frame buffers each core keeps for reuse; the rest are freed.
+    pub buffer_pool_bytes: usize,
+    /// Rows one PREDICT may carry (leading dimension); more are refused BAD_INPUT.
+    pub max_request_rows: u64,
     /// SIGTERM drain time; keep below the unit's `TimeoutStopSec=`.
     pub shutdown_grace_ms: u64,
     /// File holding the token clients must present in HELLO (required off loopback).
@@ -191,6 +197,9 @@ impl Default for ServerConfig {
             unix_socket: PathBuf::from("./var/edgeinferd.sock"),
             socket_mode: Mode(0o660),
             socket_group: None,
+            write_timeout_ms: opts.write_timeout.as_millis() as u64,
+            buffer_pool_bytes: opts.buffer_pool_bytes,
+            max_request_rows: opts.max_request_rows,
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7700))),
             cores: Cores::All,
             driver: Driver::DEFAULT,
@@ -812,6 +821,12 @@ impl Config {
         LoadOptions {
             engine: m.and_then(|m| m.engine).unwrap_or(self.engine.default),
             gpu: m.and_then(|m| m.gpu).unwrap_or(self.engine.gpu),
+            write_timeout: Duration::from_millis(s.write_timeout_ms),
+            buffer_pool_bytes: s.buffer_pool_bytes,
+            max_request_rows: s.max_request_rows,
+            auth_token_file: s.auth_token_file.clone(),
+            allowed_uids: s.allowed_uids.clone(),
+            allowed_gids: s.allowed_gids.clone(),
             ort_library: self.engine.ort_library.clone(),
             intra_op_threads: self.engine.intra_op_threads,
             allow_non_finite: self.engine.allow_non_finite,
@@ -986,6 +1001,30 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
     );
     range(
         out,
+    range(
+        out,
+        "server.write_timeout_ms",
+        s.write_timeout_ms,
+        1,
+        86_400_000,
+        " ms",
+    );
+    range(
+        out,
+        "server.buffer_pool_bytes",
+        s.buffer_pool_bytes as u64,
+        0,
+        1 << 34,
+        " bytes",
+    );
+    range(
+        out,
+        "server.max_request_rows",
+        s.max_request_rows,
+        1,
+        u32::MAX as u64,
+        "",
+    );
         "server.queue_depth",
         s.queue_depth as u64,
         1,

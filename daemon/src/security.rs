@@ -12,14 +12,12 @@ use crate::config::{Config, ConfigErrorKind, Problem, ServerConfig};
 /// Shortest token accepted: long enough that guessing is hopeless.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// Whether the binary-protocol server checks `server.auth_token_file` (the token in HELLO,
-/// docs/config.md). Until it does, configuring a token is refused rather than silently
-/// unenforced, and so is a non-loopback binary listener.
-pub const BINARY_TOKEN_ENFORCED: bool = false;
+/// The binary-protocol server checks `server.auth_token_file` (the token in HELLO,
+/// docs/protocol.md §7.4). Kept as a constant for the config tests that branch on it.
+pub const BINARY_TOKEN_ENFORCED: bool = true;
 
-/// Whether the binary-protocol server calls [`peer_allowed`] at accept. Until it does,
-/// `server.allowed_uids`/`allowed_gids` are refused rather than silently unenforced.
-pub const PEER_CRED_ENFORCED: bool = false;
+/// The binary-protocol server calls [`peer_allowed`] at accept on the Unix socket.
+pub const PEER_CRED_ENFORCED: bool = true;
 
 /// A shared secret clients must present: in HTTP as `Authorization: Bearer <token>`, in the
 /// binary protocol in HELLO (see docs/config.md).
@@ -82,15 +80,12 @@ impl Token {
         Ok(Token(text.to_vec()))
     }
 
-    /// Compares in time that depends only on the lengths, so the token cannot be guessed byte
-    /// by byte from response times.
+    /// Compares in constant time (`subtle`), so the token cannot be guessed byte by byte
+    /// from response times. A length mismatch is a mismatch whatever the lengths (only the
+    /// lengths themselves can show in the timing).
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let mut diff =
-            (self.0.len() ^ presented.len()) as u8 | ((self.0.len() ^ presented.len()) >> 8) as u8;
-        for (i, &b) in self.0.iter().enumerate() {
-            diff |= b ^ presented.get(i).copied().unwrap_or(0);
-        }
-        diff == 0
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_slice().ct_eq(presented))
     }
 
     /// Checks an HTTP `Authorization` header value.
@@ -143,24 +138,6 @@ pub(crate) fn validate(c: &Config, out: &mut Vec<Problem>) {
     // Binary protocol.
     let s = &c.server;
     let server_token = token_ok("server.auth_token_file", &s.auth_token_file, &mut push);
-    if s.auth_token_file.is_some() && !BINARY_TOKEN_ENFORCED {
-        push(
-            ConfigErrorKind::Invalid,
-            "server.auth_token_file",
-            "the binary-protocol server in this build does not check tokens yet; refusing a setting it would \
-             not enforce"
-                .into(),
-        );
-    }
-    if (!s.allowed_uids.is_empty() || !s.allowed_gids.is_empty()) && !PEER_CRED_ENFORCED {
-        push(
-            ConfigErrorKind::Invalid,
-            if s.allowed_uids.is_empty() { "server.allowed_gids" } else { "server.allowed_uids" },
-            "the binary-protocol server in this build does not check peer credentials yet; refusing a setting \
-             it would not enforce (use server.socket_mode and server.socket_group)"
-                .into(),
-        );
-    }
     if s.tls_cert.is_some() || s.tls_key.is_some() {
         push(
             ConfigErrorKind::Invalid,
@@ -333,7 +310,16 @@ pub fn cred_allowed(cred: PeerCred, cfg: &ServerConfig) -> bool {
         || cfg.allowed_gids.contains(&cred.gid)
 }
 
-/// The check the server runs at accept on a Unix connection. A socket whose credentials
+/// The check the server runs at accept on a Unix connection (when either list is
+/// non-empty): the uid in `uids` or the primary gid in `gids`. Unreadable credentials fail.
+pub fn peer_in_lists(fd: &impl AsRawFd, uids: &[u32], gids: &[u32]) -> bool {
+    match peer_cred(fd) {
+        Ok(c) => uids.contains(&c.uid) || gids.contains(&c.gid),
+        Err(_) => false,
+    }
+}
+
+/// The config-level form of the accept check. A socket whose credentials
 /// cannot be read is refused when allow-lists are configured.
 pub fn peer_allowed(fd: &impl AsRawFd, cfg: &ServerConfig) -> bool {
     if cfg.allowed_uids.is_empty() && cfg.allowed_gids.is_empty() {
@@ -387,6 +373,28 @@ mod tests {
             Err(TokenError::Io { .. })
         ));
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn a_longer_presentation_never_matches() {
+        // The old compare folded the length difference into 16 bits: the token followed by
+        // 65,536 extra bytes matched.
+        let t = Token(b"s3cret-token-0123456789".to_vec());
+        let mut long = t.0.clone();
+        long.resize(t.0.len() + 65_536, 0);
+        assert!(!t.matches(&long));
+        long.truncate(t.0.len() + 256);
+        assert!(!t.matches(&long));
+        let mut shifted = t.0.clone();
+        shifted.extend(std::iter::repeat_n(b'x', 1 << 16));
+        assert!(!t.matches(&shifted));
+        assert!(t.matches(&t.0.clone()));
+        // One wrong byte anywhere.
+        for i in 0..t.0.len() {
+            let mut w = t.0.clone();
+            w[i] ^= 1;
+            assert!(!t.matches(&w), "byte {i}");
+        }
     }
 
     #[test]

@@ -195,6 +195,7 @@ fn closing_cases(driver: Driver) {
         &Hello {
             versions: vec![7, 9],
             client: "future".into(),
+            ..Default::default()
         },
         &mut f,
     )
@@ -206,14 +207,27 @@ fn closing_cases(driver: Driver) {
         (answers[0].id(), code(&answers[0])),
         (24, ErrorCode::UnsupportedVersion)
     );
-    // Truncated frame then EOF: closed cleanly, nothing sent back.
+    // Truncated frame then EOF: one BAD_FRAME on the frame's id (a client that only shut
+    // its sending side reads it), then close (docs/protocol.md §2.1).
     let mut raw = srv.raw();
     let f = predict_frame(25, "churn", &churn_row(0.5), 0);
     raw.send(&f[..f.len() - 10]);
     raw.s.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(raw.read_to_eof().is_empty());
+    let answers = raw.read_to_eof();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(
+        (answers[0].id(), code(&answers[0])),
+        (25, ErrorCode::BadFrame)
+    );
+    // Truncated inside the header: id 0.
+    let mut raw = srv.raw();
+    raw.send(&f[..20]);
+    raw.s.shutdown(std::net::Shutdown::Write).unwrap();
+    let answers = raw.read_to_eof();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(code(&answers[0]), ErrorCode::BadFrame);
     still_serving(&srv);
-    assert_eq!(srv.app().stats().errors(ErrorCode::BadFrame), 1);
+    assert_eq!(srv.app().stats().errors(ErrorCode::BadFrame), 3);
 }
 
 #[test]
@@ -430,9 +444,12 @@ fn max_connections_is_enforced() {
     )
     .unwrap();
     let _ = third.s.write_all(&f);
-    assert!(
-        third.read_to_eof().is_empty(),
-        "the third connection is closed unanswered"
+    let answers = third.read_to_eof();
+    assert_eq!(answers.len(), 1, "one ERROR, then close: {answers:?}");
+    assert_eq!(
+        (answers[0].id(), code(&answers[0])),
+        (0, ErrorCode::Overloaded),
+        "the third connection is refused with OVERLOADED"
     );
     drop(a);
     // Room again once one closes.
@@ -440,7 +457,7 @@ fn max_connections_is_enforced() {
     loop {
         let mut c = srv.raw();
         let _ = c.s.write_all(&f);
-        if c.read().is_some() {
+        if c.read().is_some_and(|a| a.error_code().is_none()) {
             break;
         }
         assert!(

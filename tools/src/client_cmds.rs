@@ -40,6 +40,10 @@ pub struct Target {
     /// TCP address of the server.
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
+    /// File holding the server's token (its `server.auth_token_file`): sent in a HELLO
+    /// before anything else.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Target {
@@ -49,6 +53,16 @@ impl Target {
             (None, Some(a)) => Ok(Endpoint::Tcp(a.clone())),
             _ => bail!("give the server as --socket PATH or --addr HOST:PORT"),
         }
+    }
+
+    /// The token from `--token-file`, whitespace trimmed.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token from {}", path.display()))?;
+        Ok(Some(text.trim().to_owned()))
     }
 }
 
@@ -93,6 +107,17 @@ fn with_loaded_models(client: &mut Client, e: edgeinfer_client::ClientError) -> 
         Err(_) => return e.into(),
     };
     anyhow::Error::new(e).context(format!("the daemon serves: {loaded}"))
+}
+
+/// Connects and, with a token, authenticates with a HELLO first.
+fn connect_as(endpoint: &Endpoint, token: Option<&str>) -> anyhow::Result<Client> {
+    let mut client = connect(endpoint)?;
+    if let Some(t) = token {
+        client
+            .hello_with_token(t)
+            .context("HELLO with the token from --token-file")?;
+    }
+    Ok(client)
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -294,7 +319,7 @@ fn values_json(t: &Tensor) -> Value {
 
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let endpoint = a.target.endpoint()?;
-    let mut client = connect(&endpoint)?;
+    let mut client = connect_as(&endpoint, a.target.token()?.as_deref())?;
     let input = build_input(&mut client, &a.model, &a.input, false)?;
     let opts = PredictOptions {
         version: a.input.version.clone(),
@@ -348,7 +373,10 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     let endpoint = a.target.endpoint()?;
     let mut client = connect(&endpoint)?;
-    let hello = client.hello().context("HELLO")?;
+    let token = a.target.token()?;
+    let hello = client
+        .hello_with_token(token.as_deref().unwrap_or(""))
+        .context("HELLO")?;
     let health = client.health().context("HEALTH")?;
     // How each engine was chosen, and what fell back and why (the README promises it):
     // the load report METADATA carries, one request per version.
@@ -866,8 +894,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             .clone()
             .ok_or_else(|| anyhow!("give --model NAME (or --echo, or --http URL)"))?;
         let endpoint = a.target.endpoint()?;
-        let mut client =
-            Client::connect(&endpoint).with_context(|| format!("connecting to {endpoint}"))?;
+        let token = a.target.token()?;
+        let mut client = connect_as(&endpoint, token.as_deref())?;
         let input = build_input(&mut client, &model, &a.input, true)?;
         let opts = PredictOptions {
             version: a.input.version.clone(),
@@ -886,8 +914,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         proto::encode_predict(0, &mut req, &[input.view()], &mut frame)?;
         let target = endpoint.to_string();
         let connect: Connector = Arc::new(move || {
-            let client =
-                Client::connect(&endpoint).with_context(|| format!("connecting to {endpoint}"))?;
+            let client = connect_as(&endpoint, token.as_deref())?;
             Ok(Box::new(PredictExchange {
                 client,
                 frame: frame.clone(),

@@ -1,13 +1,22 @@
 //! Frame buffers: 64-byte-aligned byte buffers that frames are read into, lent to the
-//! kernel by value (monoio's rent model) and kept in a per-core-thread pool.
+//! kernel by value (monoio's rent model), sized to the frame, and kept in a per-core-thread
+//! pool bounded by a byte budget.
 //!
 //! A frame read at offset 0 of a [`FrameBuf`] has every tensor 64-aligned in memory (the
 //! protocol aligns tensors from the frame start), so engines view the bytes in place.
 //! Buffers never leave the core thread that took them (`!Send`), so the pool is a plain
 //! thread-local with no locking; dropping a buffer hands it back.
+//!
+//! Memory is bounded by construction:
+//! - sizes come in power-of-two classes from [`MIN_CLASS`] up, so a 100-byte request pins a
+//!   few hundred bytes, not a read chunk;
+//! - only classes up to [`MAX_POOLED`] are pooled, and only while the idle bytes in this
+//!   thread's pool stay within its budget (`server.buffer_pool_bytes`);
+//! - larger buffers are their own anonymous mappings, unmapped on drop, so their pages go
+//!   back to the kernel at once (an allocator would keep a freed 4 MiB block in its arena).
 
 use std::alloc::{self, Layout};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
@@ -15,15 +24,17 @@ use monoio::buf::{IoBuf, IoBufMut};
 
 /// Alignment of every buffer: the protocol's tensor alignment.
 pub const ALIGN: usize = 64;
-/// Size of a fresh connection buffer: one read takes up to this much when the next frame's
-/// length is not known yet (or is smaller).
-pub const CHUNK: usize = 64 << 10;
-/// Most buffers one core keeps for reuse.
-const POOL_MAX_BUFFERS: usize = 1024;
-/// Buffers above this size are pooled only a few at a time, so one burst of huge frames
-/// does not pin their memory for the life of the process.
-const LARGE: usize = 4 << 20;
-const POOL_MAX_LARGE: usize = 8;
+/// Size of a connection's read buffer while no large frame is being received: one read
+/// takes up to this much, which holds dozens of small pipelined frames.
+pub const READ_CHUNK: usize = 16 << 10;
+/// Smallest buffer handed out.
+pub const MIN_CLASS: usize = 512;
+/// Largest buffer kept for reuse; larger ones are mapped and unmapped per frame.
+pub const MAX_POOLED: usize = 1 << 20;
+/// Default idle-buffer budget per core thread.
+pub const DEFAULT_POOL_BYTES: usize = 16 << 20;
+
+const CLASSES: usize = (MAX_POOLED / MIN_CLASS).trailing_zeros() as usize + 1;
 
 /// An owned, 64-byte-aligned buffer: `len` initialised bytes out of `cap`.
 pub struct FrameBuf {
@@ -35,63 +46,115 @@ pub struct FrameBuf {
 }
 
 struct Pool {
-    free: Vec<(NonNull<u8>, usize)>,
-    large: usize,
+    /// Free buffers by class: `free[i]` holds buffers of `MIN_CLASS << i` bytes.
+    free: [Vec<NonNull<u8>>; CLASSES],
+    /// Bytes held in `free`.
+    bytes: usize,
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for (ptr, cap) in self.free.drain(..) {
-            // SAFETY: every pooled pointer came from `alloc` with this layout.
-            unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
+        for (i, list) in self.free.iter_mut().enumerate() {
+            for ptr in list.drain(..) {
+                // SAFETY: every pooled pointer of class `i` came from `alloc` with this layout.
+                unsafe { alloc::dealloc(ptr.as_ptr(), layout(MIN_CLASS << i)) };
+            }
         }
     }
 }
 
 thread_local! {
-    static POOL: RefCell<Pool> = const { RefCell::new(Pool { free: Vec::new(), large: 0 }) };
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool { free: [const { Vec::new() }; CLASSES], bytes: 0 })
+    };
+    static BUDGET: Cell<usize> = const { Cell::new(DEFAULT_POOL_BYTES) };
+}
+
+/// Sets this thread's idle-buffer budget (a core runtime calls it once at start) and frees
+/// pooled buffers beyond it.
+pub fn set_pool_budget(bytes: usize) {
+    BUDGET.with(|b| b.set(bytes));
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        // Largest first: the fewest frees bring it under.
+        for i in (0..CLASSES).rev() {
+            while p.bytes > bytes {
+                let Some(ptr) = p.free[i].pop() else { break };
+                p.bytes -= MIN_CLASS << i;
+                // SAFETY: pooled buffers of class `i` were allocated with this layout.
+                unsafe { alloc::dealloc(ptr.as_ptr(), layout(MIN_CLASS << i)) };
+            }
+        }
+    });
+}
+
+/// Bytes of idle buffers this thread's pool holds now.
+#[cfg(test)]
+pub fn pooled_bytes() -> usize {
+    POOL.try_with(|p| p.borrow().bytes).unwrap_or(0)
 }
 
 fn layout(cap: usize) -> Layout {
-    // cap is a non-zero multiple of ALIGN, well below isize::MAX (frames are capped at
-    // the protocol's frame limit), so the layout is always valid.
+    // cap is a power of two between MIN_CLASS and MAX_POOLED, so the layout is valid.
     Layout::from_size_align(cap, ALIGN).expect("frame buffer layout")
 }
 
+/// The pool class for a request of `min_cap` bytes, or `None` above [`MAX_POOLED`].
+fn class_of(min_cap: usize) -> Option<usize> {
+    let size = min_cap.max(MIN_CLASS).checked_next_power_of_two()?;
+    (size <= MAX_POOLED).then(|| (size / MIN_CLASS).trailing_zeros() as usize)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p >= ALIGN).unwrap_or(4096)
+}
+
 impl FrameBuf {
-    /// A buffer with room for at least `min_cap` bytes, from this thread's pool when one
-    /// fits, else newly allocated (at least [`CHUNK`]).
+    /// A buffer with room for at least `min_cap` bytes: from this thread's pool when one of
+    /// its class is free, else newly allocated (mapped, above [`MAX_POOLED`]).
     pub fn take(min_cap: usize) -> FrameBuf {
-        let reused = POOL
-            .try_with(|p| {
-                let mut p = p.borrow_mut();
-                // Best fit, and never a buffer far bigger than needed: small frames must
-                // not tie up the big buffers that large frames come back for.
-                let most = min_cap.max(CHUNK).saturating_mul(4);
-                let i = p
-                    .free
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &(_, cap))| cap >= min_cap && cap <= most)
-                    .min_by_key(|(_, &(_, cap))| cap)?
-                    .0;
-                let (ptr, cap) = p.free.swap_remove(i);
-                if cap > LARGE {
-                    p.large -= 1;
-                }
-                Some((ptr, cap))
-            })
-            .ok()
-            .flatten();
-        let (ptr, cap) = match reused {
-            Some(b) => b,
-            None => {
-                let cap = min_cap.max(CHUNK).next_multiple_of(ALIGN);
-                // SAFETY: the layout has a non-zero size.
-                let raw = unsafe { alloc::alloc(layout(cap)) };
-                let ptr =
-                    NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout(cap)));
+        let (ptr, cap) = match class_of(min_cap) {
+            Some(c) => {
+                let cap = MIN_CLASS << c;
+                let reused = POOL
+                    .try_with(|p| {
+                        let mut p = p.borrow_mut();
+                        let ptr = p.free[c].pop()?;
+                        p.bytes -= cap;
+                        Some(ptr)
+                    })
+                    .ok()
+                    .flatten();
+                let ptr = reused.unwrap_or_else(|| {
+                    // SAFETY: the layout has a non-zero size.
+                    let raw = unsafe { alloc::alloc(layout(cap)) };
+                    NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout(cap)))
+                });
                 (ptr, cap)
+            }
+            None => {
+                let cap = min_cap.next_multiple_of(page_size());
+                // SAFETY: an anonymous private mapping of `cap` (> 0) bytes, no fd, no hint.
+                let raw = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        cap,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if raw == libc::MAP_FAILED {
+                    alloc::handle_alloc_error(Layout::from_size_align(cap, ALIGN).expect("size"));
+                }
+                // Page-aligned, so 64-aligned too; mmap never returns null on success.
+                (
+                    NonNull::new(raw.cast::<u8>()).expect("mmap returned null"),
+                    cap,
+                )
             }
         };
         FrameBuf {
@@ -105,8 +168,7 @@ impl FrameBuf {
     /// A buffer holding a copy of `bytes` at offset 0.
     pub fn copy_of(bytes: &[u8]) -> FrameBuf {
         let mut b = FrameBuf::take(bytes.len());
-        b.as_spare()[..bytes.len()].copy_from_slice(bytes);
-        b.len = bytes.len();
+        b.extend_from(bytes);
         b
     }
 
@@ -123,7 +185,8 @@ impl FrameBuf {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes are initialised (written by the kernel or copied in).
+        // SAFETY: the first `len` bytes are initialised: every path that raises `len` wrote
+        // them (`extend_from`, or the kernel before the runtime called `set_init`).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -131,8 +194,16 @@ impl FrameBuf {
     pub fn extend_from(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         assert!(end <= self.cap, "frame buffer overflow");
-        let len = self.len;
-        self.as_spare()[len..end].copy_from_slice(bytes);
+        // SAFETY: `len..end` lies inside the `cap`-byte allocation (checked above); it is
+        // written through a raw pointer, never viewed as a slice before it is initialised;
+        // `bytes` is a live slice that cannot overlap a buffer we own exclusively.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(self.len),
+                bytes.len(),
+            )
+        };
         self.len = end;
     }
 
@@ -149,13 +220,6 @@ impl FrameBuf {
         // SAFETY: both ranges lie within the initialised bytes; `copy` allows overlap.
         unsafe { std::ptr::copy(self.ptr.as_ptr().add(start), self.ptr.as_ptr(), n) };
         self.len = n;
-    }
-
-    /// The uninitialised tail as writable bytes.
-    fn as_spare(&mut self) -> &mut [u8] {
-        // SAFETY: the allocation is `cap` bytes; treating uninitialised u8 as writable
-        // memory is fine because we only write through this slice before reading.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
     }
 }
 
@@ -178,21 +242,25 @@ impl std::fmt::Debug for FrameBuf {
 impl Drop for FrameBuf {
     fn drop(&mut self) {
         let (ptr, cap) = (self.ptr, self.cap);
+        let Some(c) = class_of(cap).filter(|&c| MIN_CLASS << c == cap) else {
+            // SAFETY: not a pooled class size, so `take` mapped it with exactly `cap` bytes.
+            unsafe { libc::munmap(ptr.as_ptr().cast(), cap) };
+            return;
+        };
+        let budget = BUDGET.try_with(Cell::get).unwrap_or(0);
         let kept = POOL
             .try_with(|p| {
                 let mut p = p.borrow_mut();
-                if p.free.len() >= POOL_MAX_BUFFERS || (cap > LARGE && p.large >= POOL_MAX_LARGE) {
+                if p.bytes + cap > budget {
                     return false;
                 }
-                if cap > LARGE {
-                    p.large += 1;
-                }
-                p.free.push((ptr, cap));
+                p.bytes += cap;
+                p.free[c].push(ptr);
                 true
             })
             .unwrap_or(false);
         if !kept {
-            // SAFETY: allocated in `take` with this layout and not pooled.
+            // SAFETY: allocated in `take` with this class's layout and not pooled.
             unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
         }
     }
@@ -211,7 +279,9 @@ unsafe impl IoBuf for FrameBuf {
 }
 
 // SAFETY: `write_ptr` points at `cap` writable bytes that stay put while the runtime owns
-// the buffer; `set_init` is called by the runtime with the count it actually filled.
+// the buffer. The runtime (and the kernel) only write through it, as raw memory; no Rust
+// reference to the uninitialised tail is ever made. `set_init` is called with the count of
+// bytes actually filled, so `len` never covers bytes nobody wrote.
 unsafe impl IoBufMut for FrameBuf {
     fn write_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -231,25 +301,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_are_aligned_and_reused() {
-        let a = FrameBuf::take(10);
+    fn buffers_are_aligned_sized_to_frames_and_reused() {
+        set_pool_budget(DEFAULT_POOL_BYTES);
+        let a = FrameBuf::take(100);
         assert_eq!(a.read_ptr() as usize % ALIGN, 0);
-        assert!(a.capacity() >= CHUNK);
+        assert_eq!(a.capacity(), MIN_CLASS, "a small frame gets a small buffer");
         let p = a.read_ptr();
         drop(a);
-        let b = FrameBuf::take(100);
-        assert_eq!(b.read_ptr(), p, "the pooled buffer comes back");
-        let big = FrameBuf::take(3 * CHUNK + 1);
-        assert!(big.capacity() > 3 * CHUNK);
+        let b = FrameBuf::take(300);
+        assert_eq!(b.read_ptr(), p, "the pooled buffer of that class comes back");
+        let mid = FrameBuf::take(70_000);
+        assert_eq!(mid.capacity(), 128 << 10);
+        let big = FrameBuf::take(3 * MAX_POOLED + 1);
+        assert!(big.capacity() > 3 * MAX_POOLED);
         assert_eq!(big.read_ptr() as usize % ALIGN, 0);
     }
 
     #[test]
-    fn keep_range_moves_the_tail_to_the_front() {
+    fn the_pool_stays_within_its_budget_and_never_keeps_big_buffers() {
+        set_pool_budget(64 << 10);
+        let held: Vec<FrameBuf> = (0..64).map(|_| FrameBuf::take(4096)).collect();
+        drop(held);
+        assert!(pooled_bytes() <= 64 << 10, "{}", pooled_bytes());
+        assert_eq!(pooled_bytes(), 64 << 10, "up to the budget is kept");
+        let before = pooled_bytes();
+        drop(FrameBuf::take(8 << 20));
+        assert_eq!(pooled_bytes(), before, "a mapped buffer is unmapped, not pooled");
+        set_pool_budget(0);
+        assert_eq!(pooled_bytes(), 0, "lowering the budget frees the excess");
+        drop(FrameBuf::take(100));
+        assert_eq!(pooled_bytes(), 0);
+        set_pool_budget(DEFAULT_POOL_BYTES);
+    }
+
+    #[test]
+    fn extend_and_keep_range() {
         let mut b = FrameBuf::copy_of(b"0123456789");
+        b.extend_from(b"ab");
+        assert_eq!(b.as_slice(), b"0123456789ab");
         b.keep_range(7);
-        assert_eq!(b.as_slice(), b"789");
-        b.keep_range(3);
+        assert_eq!(b.as_slice(), b"789ab");
+        b.keep_range(5);
         assert!(b.is_empty());
+        let mut big = FrameBuf::take(2 * MAX_POOLED);
+        big.extend_from(&[7u8; 1000]);
+        assert_eq!(big.len(), 1000);
+        assert!(big.iter().all(|&x| x == 7));
     }
 }

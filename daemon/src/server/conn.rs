@@ -3,8 +3,10 @@
 //! matched by request id) with vectored writes.
 //!
 //! Bounded by construction: at most `max_in_flight` admitted requests per connection, the
-//! reader pauses while that many answers wait to be written, and a frame must arrive whole
-//! within the read timeout (the core's ticker closes slow or idle connections).
+//! reader pauses while that many answers wait to be written (backpressure), a frame must
+//! arrive whole within the read timeout while the server is reading, and a client that takes
+//! no answer bytes for the write timeout is closed (the core's ticker checks all three;
+//! docs/protocol.md §7.5 is the contract).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -13,11 +15,11 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use edgeinfer_proto::{peek_request_id, Header, HEADER_LEN};
+use edgeinfer_proto::{peek_request_id, ErrorCode, Header, Opcode, HEADER_LEN};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 
-use super::buf::{FrameBuf, CHUNK};
+use super::buf::{FrameBuf, READ_CHUNK};
 use super::core::{Core, FrameAction, Job};
 use super::notify::Notify;
 use super::response::{Response, WriteBatch};
@@ -49,14 +51,23 @@ pub(crate) struct Conn {
     /// Answers are dropped from here on (client gone or connection killed).
     broken: Cell<bool>,
     killed: Cell<Option<Kill>>,
-    /// When the first byte of a frame not yet complete arrived.
+    /// When the first byte of a frame not yet complete arrived (restarted when the reader
+    /// resumes after backpressure: the wait was the server's, not the client's).
     partial_since: Cell<Option<Instant>>,
+    /// The reader is paused for backpressure: the read timeout does not run.
+    paused: Cell<bool>,
     last_activity: Cell<Instant>,
-    writing_since: Cell<Option<Instant>>,
+    /// While answers are being written: when the client last took some of their bytes.
+    write_progress: Cell<Option<Instant>>,
+    /// HELLO with the right token was received (or no token is configured).
+    pub authenticated: Cell<bool>,
+    /// This connection's admitted jobs waiting for the executor (not batched), in order.
+    pub lane: RefCell<VecDeque<Job>>,
 }
 
 impl Conn {
     fn new(core: Rc<Core>, fd: RawFd) -> Conn {
+        let authenticated = core.shared.token.is_none();
         Conn {
             core,
             fd,
@@ -69,8 +80,11 @@ impl Conn {
             broken: Cell::new(false),
             killed: Cell::new(None),
             partial_since: Cell::new(None),
+            paused: Cell::new(false),
             last_activity: Cell::new(Instant::now()),
-            writing_since: Cell::new(None),
+            write_progress: Cell::new(None),
+            authenticated: Cell::new(authenticated),
+            lane: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -141,20 +155,20 @@ impl Conn {
         if self.broken.get() {
             return None;
         }
-        if let Some(t) = self.partial_since.get() {
+        if let Some(t) = self.partial_since.get().filter(|_| !self.paused.get()) {
             if now.saturating_duration_since(t) > opts.read_timeout {
                 return Some(Kill::SlowFrame);
             }
         }
-        if let Some(t) = self.writing_since.get() {
-            if now.saturating_duration_since(t) > opts.idle_timeout {
+        if let Some(t) = self.write_progress.get() {
+            if now.saturating_duration_since(t) > opts.write_timeout {
                 return Some(Kill::StalledWriter);
             }
         }
         let quiet = self.partial_since.get().is_none()
             && self.in_flight.get() == 0
             && self.out.borrow().is_empty()
-            && self.writing_since.get().is_none();
+            && self.write_progress.get().is_none();
         if quiet && now.saturating_duration_since(self.last_activity.get()) > opts.idle_timeout {
             return Some(Kill::Idle);
         }
@@ -216,11 +230,12 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
     let core = conn.core.clone();
     let limits = core.opts().limits;
     let max_queued = limits.max_in_flight.max(1) as usize;
-    let mut buf = FrameBuf::take(CHUNK);
+    let mut buf = FrameBuf::take(READ_CHUNK);
     let mut now = Instant::now();
     loop {
         // Every whole frame in the buffer.
         let mut start = 0;
+        let mut admitted = false;
         loop {
             let avail = buf.len() - start;
             if avail < HEADER_LEN {
@@ -235,6 +250,20 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                     return;
                 }
             };
+            if !conn.authenticated.get()
+                && core.shared.token.is_some()
+                && (header.opcode != Opcode::Hello.as_u8() || header.data_len != 0)
+            {
+                // Before its token, a client gets no further than one header: a frame that
+                // cannot be a HELLO is refused without reading (or buffering) its body.
+                core.shared
+                    .stats
+                    .connections_unauthenticated
+                    .fetch_add(1, Relaxed);
+                let msg = "this server requires a HELLO carrying its token before any other request";
+                conn.push(core.error_response(header.request_id, ErrorCode::Unauthenticated, msg));
+                return;
+            }
             let len = header.frame_len() as usize;
             if avail < len {
                 break;
@@ -244,12 +273,15 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                 FrameAction::Done => {}
                 FrameAction::Close => return,
                 FrameAction::Admit(parts) => {
-                    let frame = if start == 0 && len == buf.len() {
-                        // The frame is all the buffer holds: hand the buffer over as is.
-                        // The next buffer is as big, so a client that keeps sending large
-                        // frames keeps getting them handed over without a copy.
-                        std::mem::replace(&mut buf, FrameBuf::take(len.max(CHUNK)))
+                    admitted = true;
+                    let frame = if start == 0 && len == buf.len() && 2 * len > buf.capacity() {
+                        // The frame is all the buffer holds and fills most of it (a large
+                        // frame read alone, to its end): hand the buffer over without a copy
+                        // and read on into a small one.
+                        std::mem::replace(&mut buf, FrameBuf::take(READ_CHUNK))
                     } else {
+                        // Small frames are copied into buffers of their own size, so a
+                        // queued 100-byte request pins a few hundred bytes, not a read chunk.
                         FrameBuf::copy_of(&buf[start..start + len])
                     };
                     core.enqueue(Job {
@@ -281,16 +313,35 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
             let mut bigger = FrameBuf::take(need);
             bigger.extend_from(&buf);
             buf = bigger;
+        } else if need <= READ_CHUNK && buf.capacity() > READ_CHUNK && buf.len() <= READ_CHUNK {
+            // A large buffer this connection no longer needs (its frame was refused, or
+            // copied out): give it back rather than hold it while the connection idles.
+            let mut small = FrameBuf::take(READ_CHUNK);
+            small.extend_from(&buf);
+            buf = small;
         }
-        let end = if need > CHUNK { need } else { buf.capacity() };
+        let end = if need > READ_CHUNK { need } else { buf.capacity() };
         if buf.is_empty() {
             conn.partial_since.set(None);
         } else if conn.partial_since.get().is_none() {
             conn.partial_since.set(Some(now));
         }
-        // Backpressure: a client that does not read its answers stops being read.
-        while conn.out.borrow().len() >= max_queued && !conn.broken.get() {
-            conn.reader_wake.wait().await;
+        // Backpressure: a client that does not read its answers stops being read. The read
+        // timeout does not run meanwhile (the write timeout does), and restarts on resuming.
+        if conn.out.borrow().len() >= max_queued {
+            conn.paused.set(true);
+            while conn.out.borrow().len() >= max_queued && !conn.broken.get() {
+                conn.reader_wake.wait().await;
+            }
+            conn.paused.set(false);
+            now = Instant::now();
+            if conn.partial_since.get().is_some() {
+                conn.partial_since.set(Some(now));
+            }
+        } else if admitted {
+            // Let the executor and other connections run before reading more: a client
+            // whose bytes are always ready must not monopolise its core.
+            super::notify::yield_now().await;
         }
         if conn.broken.get() {
             return;
@@ -303,7 +354,26 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
         match res {
             Ok(0) => {
                 if !buf.is_empty() && conn.killed.get().is_none() {
+                    // A truncated frame: answer BAD_FRAME (a client that only shut its
+                    // sending side reads it), then close.
                     tracing::debug!(bytes = buf.len(), "client closed the connection mid-frame");
+                    let id = peek_request_id(&buf).unwrap_or(0);
+                    let (code, msg) = if core.shutting_down.get() {
+                        (
+                            ErrorCode::ShuttingDown,
+                            "the server is shutting down and read no more of this frame".to_owned(),
+                        )
+                    } else {
+                        (
+                            ErrorCode::BadFrame,
+                            format!(
+                                "truncated frame: the connection ended after {} of its bytes (need {})",
+                                buf.len(),
+                                need.max(HEADER_LEN)
+                            ),
+                        )
+                    };
+                    conn.push(core.error_response(id, code, &msg));
                 }
                 return;
             }
@@ -329,14 +399,18 @@ async fn write_loop<W: AsyncWriteRent>(mut wr: W, conn: Rc<Conn>) {
         }
         batch.fill(&mut conn.out.borrow_mut());
         conn.reader_wake.notify();
-        conn.writing_since.set(Some(Instant::now()));
+        conn.write_progress.set(Some(Instant::now()));
         let mut failed = false;
         loop {
             let (res, b) = wr.writev(batch).await;
             batch = b;
             match res {
                 Ok(0) => failed = true,
-                Ok(n) if !batch.advance(n) => continue,
+                Ok(n) if !batch.advance(n) => {
+                    // Progress: the write timeout counts from the last byte taken.
+                    conn.write_progress.set(Some(Instant::now()));
+                    continue;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!("write failed: {e}");
@@ -345,7 +419,7 @@ async fn write_loop<W: AsyncWriteRent>(mut wr: W, conn: Rc<Conn>) {
             }
             break;
         }
-        conn.writing_since.set(None);
+        conn.write_progress.set(None);
         conn.last_activity.set(Instant::now());
         batch.drain(|r| core.recycle(r));
         if failed {

@@ -39,6 +39,8 @@ const _: () = assert!(
 /// Engine outputs and answers kept per model / per core for reuse.
 const OUTPUTS_POOL_MAX: usize = 256;
 const RESPONSE_POOL_MAX: usize = 4096;
+/// The UNAUTHENTICATED message for a HELLO with a missing or wrong token.
+const WRONG_TOKEN: &str = "the HELLO carries no token or the wrong one";
 /// Hint for clients that got OVERLOADED or TOO_MANY_IN_FLIGHT.
 const RETRY_AFTER_MS: u64 = 1;
 
@@ -50,6 +52,8 @@ pub(crate) struct Shared {
     pub heartbeats: Arc<Heartbeats>,
     /// When shutdown must be complete; set once when shutdown begins.
     pub grace_deadline: Mutex<Option<Instant>>,
+    /// The token every connection must present in HELLO (`server.auth_token_file`).
+    pub token: Option<crate::security::Token>,
 }
 
 /// A refusal to answer a request normally: the ERROR to send.
@@ -285,6 +289,11 @@ pub(crate) struct Core {
     pub shared: Arc<Shared>,
     cache: RefCell<ModelCache>,
     queue: RefCell<VecDeque<Work>>,
+    /// Connections with jobs in their lane (`Conn::lane`), served round-robin so that one
+    /// client's pipelined or large requests cannot keep another's waiting behind all of them.
+    ready: RefCell<VecDeque<Rc<Conn>>>,
+    /// The executor alternates between batches and lanes; true = a lane's turn next.
+    lane_turn: Cell<bool>,
     /// Jobs waiting: in the queue plus in forming batches.
     waiting: Cell<usize>,
     exec_wake: Notify,
@@ -306,6 +315,8 @@ impl Core {
             shared,
             cache: RefCell::new(ModelCache::default()),
             queue: RefCell::new(VecDeque::new()),
+            ready: RefCell::new(VecDeque::new()),
+            lane_turn: Cell::new(false),
             waiting: Cell::new(0),
             exec_wake: Notify::default(),
             responses: RefCell::new(Vec::new()),
@@ -454,9 +465,27 @@ impl Core {
             .fetch_add(1, Relaxed);
         let id = header.request_id;
         let op = Opcode::from_u8(header.opcode);
+        if !conn.authenticated.get() {
+            // A server with a token answers nothing but HELLO until it has seen the token.
+            if let Err(why) = self.authenticate(conn, op, header, body) {
+                self.stats()
+                    .connections_unauthenticated
+                    .fetch_add(1, Relaxed);
+                conn.push(self.error_response(id, ErrorCode::Unauthenticated, why));
+                return FrameAction::Close;
+            }
+        }
         let answer = match op {
             Some(Opcode::Predict) => return self.admit_predict(conn, header, body, now),
             Some(Opcode::Hello) => match decode_message::<Hello>(header, body) {
+                Ok(h) if self.shared.token.as_ref().is_some_and(|t| !t.matches(h.token.as_bytes())) => {
+                    // A later HELLO is checked like the first one.
+                    self.stats()
+                        .connections_unauthenticated
+                        .fetch_add(1, Relaxed);
+                    conn.push(self.error_response(id, ErrorCode::Unauthenticated, WRONG_TOKEN));
+                    return FrameAction::Close;
+                }
                 Ok(h) => match negotiate(&h.versions) {
                     Some(version) => {
                         let l = &self.opts().limits;
@@ -506,6 +535,32 @@ impl Core {
         let r = answer.unwrap_or_else(|r| self.error_response(id, r.code, &r.message));
         conn.push(r);
         FrameAction::Done
+    }
+
+    /// Checks the first frame of a connection to a server with a token: it must be a HELLO
+    /// that carries the token. On success the connection is marked authenticated (the HELLO
+    /// is then answered as usual).
+    fn authenticate(
+        &self,
+        conn: &Conn,
+        op: Option<Opcode>,
+        header: &Header,
+        body: &[u8],
+    ) -> Result<(), &'static str> {
+        let Some(token) = &self.shared.token else {
+            conn.authenticated.set(true);
+            return Ok(());
+        };
+        if op != Some(Opcode::Hello) {
+            return Err("this server requires a HELLO carrying its token before any other request");
+        }
+        let hello = decode_message::<Hello>(header, body)
+            .map_err(|_| "the HELLO does not decode, so it carries no token")?;
+        if !token.matches(hello.token.as_bytes()) {
+            return Err(WRONG_TOKEN);
+        }
+        conn.authenticated.set(true);
+        Ok(())
     }
 
     fn metadata(&self, m: &MetadataRequest) -> Result<ModelMetadata, Refusal> {
@@ -670,6 +725,21 @@ impl Core {
                 data,
             });
         }
+        // Rows are checked before the values are: a huge request is refused without a scan.
+        let max_rows = self.opts().max_request_rows;
+        for (spec, v) in info.inputs.iter().zip(&views) {
+            let leading = v.shape.first().copied().unwrap_or(0) as u64;
+            if spec.shape.first() == Some(&Dim::Dynamic) && leading > max_rows {
+                return Err(fail(
+                    ErrorCode::BadInput,
+                    format!(
+                        "input {:?} has {leading} rows; this server runs at most {max_rows} rows per \
+                         request (server.max_request_rows): split it into several requests",
+                        spec.name
+                    ),
+                ));
+            }
+        }
         // The NaN policy is the engine's; it applies it when the request runs.
         validate_inputs(info, &views, true).map_err(|e| fail(ErrorCode::BadInput, e.message))?;
         let rows = match views.first().and_then(|v| v.shape.first()) {
@@ -739,8 +809,35 @@ impl Core {
                 return;
             }
         }
-        self.queue.borrow_mut().push_back(Work::Job(job));
+        let conn = job.conn.clone();
+        let idle = conn.lane.borrow().is_empty();
+        conn.lane.borrow_mut().push_back(job);
+        if idle {
+            self.ready.borrow_mut().push_back(conn);
+        }
         self.exec_wake.notify();
+    }
+
+    /// The next work item: batches and connections' lanes take turns, and lanes go
+    /// round-robin, one job per connection per round.
+    fn next_work(&self) -> Option<Work> {
+        let lane_first = self.lane_turn.get();
+        self.lane_turn.set(!lane_first);
+        let from_lane = || {
+            let mut ready = self.ready.borrow_mut();
+            let conn = ready.pop_front()?;
+            let job = conn.lane.borrow_mut().pop_front();
+            if !conn.lane.borrow().is_empty() {
+                ready.push_back(conn);
+            }
+            job.map(Work::Job)
+        };
+        let from_queue = || self.queue.borrow_mut().pop_front();
+        if lane_first {
+            from_lane().or_else(from_queue)
+        } else {
+            from_queue().or_else(from_lane)
+        }
     }
 
     fn set_waiting(&self, n: usize) {
@@ -804,11 +901,11 @@ impl Core {
 
     // === execution ===
 
-    /// The executor: runs queued work in order, one item per turn so answers get written
-    /// between runs.
+    /// The executor: runs queued work (see [`Core::next_work`] for the order), one item per
+    /// turn so answers get written and other connections read between runs.
     pub async fn execute(self: Rc<Self>) {
         loop {
-            let work = self.queue.borrow_mut().pop_front();
+            let work = self.next_work();
             match work {
                 Some(Work::Job(job)) => {
                     self.set_waiting(self.waiting.get().saturating_sub(1));

@@ -97,15 +97,28 @@ pub struct ServerOptions {
     pub driver: Driver,
     /// Frame, metadata, in-flight, tensor-count and rank limits (announced in HELLO).
     pub limits: Limits,
-    /// Open connections over all cores; more are accepted and closed at once.
+    /// Open connections over all cores; more are accepted, sent one ERROR (OVERLOADED) and
+    /// closed.
     pub max_connections: usize,
     /// Requests waiting per core (run queue plus batches forming); more get OVERLOADED.
     pub queue_depth: usize,
     /// A frame must arrive whole within this long of its first byte (slow-loris guard).
     pub read_timeout: Duration,
-    /// A connection with nothing in flight and nothing arriving is closed after this long;
-    /// so is one whose client stops reading answers for this long.
+    /// A connection with nothing in flight and nothing arriving is closed after this long.
     pub idle_timeout: Duration,
+    /// A connection whose answers wait to be written and whose client has taken none of
+    /// their bytes for this long is closed (docs/protocol.md §7.5).
+    pub write_timeout: Duration,
+    /// Bytes of idle frame buffers each core keeps for reuse.
+    pub buffer_pool_bytes: usize,
+    /// Rows (leading dimension) one PREDICT may carry; more are refused with BAD_INPUT, so
+    /// that one request cannot hold a core for long.
+    pub max_request_rows: u64,
+    /// When set, every connection must open with a HELLO carrying this file's token.
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// SO_PEERCRED allow-lists for Unix-socket peers; both empty = no check.
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
     /// Default drain time on shutdown.
     pub shutdown_grace: Duration,
     /// Name sent in HELLO_RESPONSE.
@@ -122,6 +135,12 @@ impl Default for ServerOptions {
             queue_depth: 1024,
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(30),
+            buffer_pool_bytes: buf::DEFAULT_POOL_BYTES,
+            max_request_rows: 65_536,
+            auth_token_file: None,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             server_name: concat!("edgeinferd/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
@@ -149,6 +168,10 @@ pub struct ServerStats {
     pub connections_refused: AtomicU64,
     /// Connections closed by the server for a slow frame or idleness.
     pub connections_timed_out: AtomicU64,
+    /// Connections refused for a missing or wrong token, or a peer not allowed.
+    pub connections_unauthenticated: AtomicU64,
+    /// Accepts that failed for lack of file descriptors (EMFILE/ENFILE).
+    pub accept_fd_exhausted: AtomicU64,
     /// ERROR frames sent, by wire code.
     pub errors_by_code: [AtomicU64; ERROR_CODE_SLOTS],
     pub cores: Vec<CoreStats>,
@@ -172,6 +195,8 @@ impl ServerStats {
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
+            connections_unauthenticated: AtomicU64::new(0),
+            accept_fd_exhausted: AtomicU64::new(0),
             errors_by_code: Default::default(),
             cores: cpus
                 .iter()

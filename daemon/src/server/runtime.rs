@@ -1,8 +1,11 @@
 //! Starting and stopping the core runtimes: one thread per core, pinned, running a monoio
-//! runtime on the chosen driver; accept loops, the executor, a ticker (heartbeat, timeouts,
-//! model refresh) and a wake pipe that carries shutdown from other threads.
+//! runtime on the chosen driver; accept loops (connection limit, peer credentials, backing
+//! off when out of fds), the executor, a ticker (heartbeat, timeouts, model refresh) and a
+//! wake pipe that carries shutdown from other threads.
 
+use std::cell::Cell;
 use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncReadRent;
 use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use edgeinfer_proto::ErrorCode;
 
 use super::core::{Core, Shared};
 use super::{Driver, Listeners, ServerOptions, ServerStats};
@@ -29,6 +34,8 @@ pub enum StartError {
     Listener { cpu: usize, source: std::io::Error },
     #[error("core {cpu}: {message}")]
     Core { cpu: usize, message: String },
+    #[error("server.auth_token_file: {0}")]
+    Token(crate::security::TokenError),
 }
 
 /// The running server. Dropping it shuts the server down at once and waits for it.
@@ -149,6 +156,10 @@ pub fn start(
         return Err(StartError::NoCores);
     }
     let driver = opts.driver.effective();
+    let token = match &opts.auth_token_file {
+        Some(path) => Some(crate::security::Token::from_file(path).map_err(StartError::Token)?),
+        None => None,
+    };
     let stats = Arc::new(ServerStats::new(&cpus));
     let heartbeats = Arc::new(Heartbeats::new(&cpus));
     let shared = Arc::new(Shared {
@@ -157,6 +168,7 @@ pub fn start(
         stats: stats.clone(),
         heartbeats: heartbeats.clone(),
         grace_deadline: Mutex::new(None),
+        token,
     });
     // Each core's listeners: dups of shared ones, or its own SO_REUSEPORT socket.
     let mut per_core = Vec::with_capacity(cpus.len());
@@ -281,6 +293,7 @@ async fn core_main(
     wake: StdUnixStream,
     ready: Ready,
 ) {
+    super::buf::set_pool_budget(shared.opts.buffer_pool_bytes);
     let core = Rc::new(Core::new(index, shared));
     let adopt = || -> std::io::Result<_> {
         let unix = l
@@ -332,13 +345,104 @@ fn admit_connection(core: &Core) -> bool {
     true
 }
 
-async fn accept_backoff(e: std::io::Error) {
-    // Out of fds or memory: accepting again at once would spin.
-    tracing::warn!("accept failed: {e}");
-    monoio::time::sleep(Duration::from_millis(20)).await;
+/// Answers a connection the server will not serve with one ERROR frame (request id 0), then
+/// lets the caller drop (close) it. The socket is fresh, so its send buffer has room: one
+/// non-blocking send either takes the whole frame or the peer is already gone.
+fn refuse(fd: RawFd, core: &Core, code: ErrorCode, message: &str) {
+    let r = core.error_response(0, code, message);
+    // SAFETY: `fd` is the live accepted socket the caller owns; the buffer is valid for
+    // its length. MSG_NOSIGNAL: a peer that left must not kill the daemon with SIGPIPE.
+    unsafe {
+        libc::send(
+            fd,
+            r.head.as_ptr().cast(),
+            r.head.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+        // Say we are done, and drop whatever the peer already sent, so that closing sends
+        // a FIN rather than a reset that could destroy the ERROR in flight.
+        libc::shutdown(fd, libc::SHUT_WR);
+        let mut sink = [0u8; 4096];
+        while libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) > 0 {}
+    }
+    core.recycle(r);
+}
+
+/// The connection past `max_connections`: OVERLOADED (retryable: another connection may
+/// have closed by then).
+fn refuse_busy(fd: RawFd, core: &Core) {
+    let msg = format!(
+        "this server already has its maximum of {} connections open (server.max_connections)",
+        core.opts().max_connections
+    );
+    refuse(fd, core, ErrorCode::Overloaded, &msg);
+}
+
+/// How long accepting pauses after running out of file descriptors (or memory). Other
+/// listeners keep accepting: each has its own loop.
+const FD_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one "out of file descriptors" log line per listener per this long.
+const FD_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One listener's accept-failure state: backs off and logs once per interval.
+struct AcceptErrors {
+    what: &'static str,
+    last_log: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl AcceptErrors {
+    fn new(what: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            what,
+            last_log: Cell::new(None),
+            suppressed: Cell::new(0),
+        }
+    }
+
+    async fn failed(&self, core: &Core, e: std::io::Error) {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !exhausted {
+            // The peer went away between the kernel queueing it and us taking it
+            // (ECONNABORTED and friends): nothing to wait for.
+            tracing::debug!(listener = self.what, "accept failed: {e}");
+            return;
+        }
+        core.shared
+            .stats
+            .accept_fd_exhausted
+            .fetch_add(1, Relaxed);
+        let now = Instant::now();
+        let due = self
+            .last_log
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= FD_LOG_INTERVAL);
+        if due {
+            tracing::warn!(
+                listener = self.what,
+                core = core.index,
+                failures_since_last_report = self.suppressed.get(),
+                "accept failed: {e}; pausing accepts for {} ms at a time (raise LimitNOFILE= or \
+                 lower server.max_connections); next report in {} s at the earliest",
+                FD_BACKOFF.as_millis(),
+                FD_LOG_INTERVAL.as_secs()
+            );
+            self.last_log.set(Some(now));
+            self.suppressed.set(0);
+        } else {
+            self.suppressed.set(self.suppressed.get() + 1);
+        }
+        // Out of fds: accepting again at once would spin; the connection waits in the
+        // kernel's backlog meanwhile.
+        monoio::time::sleep(FD_BACKOFF).await;
+    }
 }
 
 async fn accept_tcp(l: monoio::net::TcpListener, core: Rc<Core>) {
+    let errors = AcceptErrors::new("tcp");
     loop {
         let accepted = monoio::select! {
             r = l.accept() => r,
@@ -349,14 +453,19 @@ async fn accept_tcp(l: monoio::net::TcpListener, core: Rc<Core>) {
                 if admit_connection(&core) {
                     let _ = stream.set_nodelay(true);
                     monoio::spawn(super::conn::serve(stream, core.clone()));
+                } else {
+                    refuse_busy(stream.as_raw_fd(), &core);
                 }
             }
-            Err(e) => accept_backoff(e).await,
+            Err(e) => errors.failed(&core, e).await,
         }
     }
 }
 
 async fn accept_unix(l: monoio::net::UnixListener, core: Rc<Core>) {
+    let errors = AcceptErrors::new("unix");
+    let opts = core.opts();
+    let check_peer = !opts.allowed_uids.is_empty() || !opts.allowed_gids.is_empty();
     loop {
         let accepted = monoio::select! {
             r = l.accept() => r,
@@ -364,11 +473,31 @@ async fn accept_unix(l: monoio::net::UnixListener, core: Rc<Core>) {
         };
         match accepted {
             Ok((stream, _)) => {
-                if admit_connection(&core) {
+                let fd = stream.as_raw_fd();
+                if check_peer
+                    && !crate::security::peer_in_lists(&stream, &opts.allowed_uids, &opts.allowed_gids)
+                {
+                    core.shared
+                        .stats
+                        .connections_unauthenticated
+                        .fetch_add(1, Relaxed);
+                    let who = crate::security::peer_cred(&stream)
+                        .map(|c| format!("uid {} gid {}", c.uid, c.gid))
+                        .unwrap_or_else(|e| format!("unknown credentials ({e})"));
+                    tracing::info!("refused a Unix-socket peer with {who}: not in server.allowed_uids/allowed_gids");
+                    refuse(
+                        fd,
+                        &core,
+                        ErrorCode::Unauthenticated,
+                        &format!("peer {who} is not in this server's allow-lists"),
+                    );
+                } else if admit_connection(&core) {
                     monoio::spawn(super::conn::serve(stream, core.clone()));
+                } else {
+                    refuse_busy(fd, &core);
                 }
             }
-            Err(e) => accept_backoff(e).await,
+            Err(e) => errors.failed(&core, e).await,
         }
     }
     // The Unix listener is a dup: dropping it closes only this core's fd.
