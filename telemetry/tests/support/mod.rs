@@ -1,0 +1,223 @@
+//! Shared parts of the telemetry integration tests: free loopback ports, a hub + outbox +
+//! publisher in a temp dir, mosquitto as a child process, and the Python consumer.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgeinfer_telemetry::config::BrokerAddr;
+use edgeinfer_telemetry::hub::{Hub, HubSettings};
+use edgeinfer_telemetry::messages::Topics;
+use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
+use edgeinfer_telemetry::publisher::{Publisher, PublisherConfig};
+use edgeinfer_telemetry::SystemClock;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_port(port: u16) {
+    let a: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("the broker to listen", Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok()
+    });
+}
+
+pub fn open_outbox(dir: &Path) -> Arc<Outbox> {
+    let limits = OutboxLimits {
+        max_bytes: 64 << 20,
+        max_age_ms: 24 * 3600 * 1000,
+    };
+    Arc::new(Outbox::open(dir, limits, Arc::new(SystemClock)).unwrap())
+}
+
+pub fn topics(prefix: &str) -> Topics {
+    Topics {
+        prefix: prefix.into(),
+        device: "dev1".into(),
+    }
+}
+
+pub fn hub(prefix: &str, outbox: Arc<Outbox>) -> Hub {
+    let settings = HubSettings {
+        interval_ms: 0,
+        drift_window_rows: 100,
+        accuracy_window_labels: 100,
+        accuracy_max_relative_drop: 0.05,
+    };
+    Hub::new(topics(prefix), outbox, Arc::new(SystemClock), settings)
+}
+
+pub fn publisher(prefix: &str, port: u16, outbox: Arc<Outbox>) -> Publisher {
+    let cfg = PublisherConfig {
+        broker: BrokerAddr {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+        },
+        client_id: format!("edgeinfer-test-{}-{}", std::process::id(), port),
+        credentials: None,
+        tls_ca_pem: None,
+        topics: topics(prefix),
+        message_expiry_s: 3600,
+        keep_alive: Duration::from_secs(5),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(400),
+    };
+    Publisher::spawn(cfg, outbox, Arc::new(SystemClock), Box::new(|| {})).unwrap()
+}
+
+/// mosquitto from Debian on a loopback port, persisting sessions in `dir` so a consumer's
+/// QoS 1 subscription survives a broker restart (an operator's broker does the same).
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+pub fn mosquitto_bin() -> String {
+    std::env::var("EDGEINFER_TEST_MOSQUITTO").expect(
+        "EDGEINFER_TEST_MOSQUITTO is not set: run tools/ci/test.sh (tools/ci/provision-telemetry.sh installs mosquitto)",
+    )
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path, port: u16) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest none\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        wait_port(port);
+        Mosquitto {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// SIGTERM: mosquitto saves its sessions and exits.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python consumer: one parsed JSON line per message received.
+pub struct Consumer {
+    child: Child,
+    pub lines: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Consumer {
+    pub fn start(port: u16, prefix: &str) -> Consumer {
+        let python = std::env::var("EDGEINFER_TEST_MQTT_PYTHON").expect(
+            "EDGEINFER_TEST_MQTT_PYTHON is not set: run tools/ci/test.sh (tools/ci/provision-telemetry.sh makes .cache/venv-mqtt)",
+        );
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new(python)
+            .arg(root.join("tests/consumer.py"))
+            .arg("127.0.0.1")
+            .arg(port.to_string())
+            .arg(prefix)
+            .arg(root.join("../docs/telemetry"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the Python consumer");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str(&line) {
+                    l.lock().unwrap().push(v);
+                }
+            }
+        });
+        let c = Consumer { child, lines };
+        c.wait_until("the consumer to connect", |l| {
+            l.iter().any(|v| v["connected"] == true)
+        });
+        c
+    }
+
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v.get("topic").is_some())
+            .cloned()
+            .collect()
+    }
+
+    pub fn wait_until(&self, what: &str, f: impl Fn(&[serde_json::Value]) -> bool) {
+        wait_for(what, Duration::from_secs(30), || {
+            f(&self.lines.lock().unwrap()).then_some(())
+        });
+    }
+
+    /// Messages of one topic level, by first arrival, and how many arrived twice.
+    pub fn seqs(&self, level: &str) -> (Vec<u64>, usize) {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut order = Vec::new();
+        let mut dups = 0;
+        for m in self.messages().iter().filter(|m| m["level"] == level) {
+            let s = m["seq"].as_u64().unwrap();
+            if seen.insert(s) {
+                order.push(s);
+            } else {
+                dups += 1;
+            }
+        }
+        (order, dups)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
