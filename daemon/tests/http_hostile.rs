@@ -293,6 +293,23 @@ fn half_sent_headers_are_closed_after_the_header_timeout_within_max_connections(
     );
     let idle_fds = d.fds();
 
+    // On a quiet daemon, one half-sent head is closed by the header timeout and not before.
+    let mut one = TcpStream::connect(d.http).unwrap();
+    let t0 = Instant::now();
+    one.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut one, timeout + Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert!(
+        closed && got.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took >= timeout.mul_f32(0.9) && took <= timeout + Duration::from_secs(5),
+        "a half-sent head was closed after {took:?}; header_read_timeout_ms is {timeout:?}"
+    );
+
     // Each socket with what the server sent and how long after its connect it was closed.
     let mut socks: Vec<(TcpStream, Vec<u8>, Instant, Option<Duration>)> = (0..CLIENTS)
         .map(|_| {
@@ -326,18 +343,16 @@ fn half_sent_headers_are_closed_after_the_header_timeout_within_max_connections(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Each connection was closed: refused at once (503, or closed when too many refusals were
-    // being written), or, if admitted, closed by the header timeout and not before.
-    let mut late = 0;
+    // Each connection was closed: refused at once (503, or closed unanswered when too many
+    // refusals were being written), or, if admitted, by the header timeout.
     for (i, (_, got, _, closed)) in socks.iter().enumerate() {
-        let at = closed.unwrap_or_else(|| panic!("connection {i} still open after {deadline:?}"));
+        closed.unwrap_or_else(|| panic!("connection {i} still open at {deadline:?}"));
         match status_of(got) {
             Some(503) => {
                 let text = String::from_utf8_lossy(got);
                 assert!(text.contains("http.max_connections = 32"), "{text}");
                 assert!(text.to_lowercase().contains("retry-after: 1"), "{text}");
             }
-            None if at >= timeout.mul_f32(0.9) => late += 1,
             None => {}
             other => panic!(
                 "connection {i}: {other:?}: {}",
@@ -345,16 +360,14 @@ fn half_sent_headers_are_closed_after_the_header_timeout_within_max_connections(
             ),
         }
     }
-    assert!(
-        (MAX / 2..=MAX).contains(&late),
-        "{late} connections were held to the header timeout; max_connections is {MAX}"
-    );
     let refused_503 = socks
         .iter()
         .filter(|s| status_of(&s.1) == Some(503))
         .count();
     assert!(
-        refused_503 >= CLIENTS / 2,
+        // At most 64 refusals are written at once (each waits up to 500 ms for the client's
+        // request); the others are closed unanswered. At least one full round is answered.
+        refused_503 >= 64,
         "only {refused_503} of {CLIENTS} got 503"
     );
     // Never more fds than the connection limit, the refusals being written, and the listeners.
