@@ -90,6 +90,8 @@ impl Assembler {
 
     /// Assembles `keys.len()` rows into `out` (resized to rows × width) and `reports`
     /// (one per key), reading inside `txn`. `now_ms` is the clock, injected.
+    // The output buffers are the caller's so that a core reuses them across requests.
+    #[allow(clippy::too_many_arguments)]
     pub fn assemble(
         &self,
         store: &FeatureStore,

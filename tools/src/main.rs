@@ -5,6 +5,7 @@
 
 mod client_cmds;
 mod engine_cmds;
+mod features_cmds;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Bench(client_cmds::BenchArgs),
     /// Echo 128-byte messages (the loopback ping-pong baseline for `bench --echo`).
     EchoServer(client_cmds::EchoServerArgs),
+    /// The LMDB feature store: import CSV/Parquet, get an entity, stats, backup.
+    Features(features_cmds::FeaturesArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Status(a) => client_cmds::status(a),
         Command::Bench(a) => client_cmds::bench(a),
         Command::EchoServer(a) => client_cmds::echo_server(a),
+        Command::Features(a) => features_cmds::features(a),
     };
     if let Err(err) = result {
         if is_broken_pipe(&err) {
