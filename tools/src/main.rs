@@ -6,6 +6,7 @@
 mod client_cmds;
 mod engine_cmds;
 mod features_cmds;
+mod tuf_cmds;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,8 @@ enum Command {
     Bench(client_cmds::BenchArgs),
     /// Echo 128-byte messages (the loopback ping-pong baseline for `bench --echo`).
     EchoServer(client_cmds::EchoServerArgs),
+    /// TUF client: init, refresh, download (the conformance suite's CLI).
+    Tuf(tuf_cmds::TufArgs),
     /// The LMDB feature store: import CSV/Parquet, get an entity, stats, backup.
     Features(features_cmds::FeaturesArgs),
 }
@@ -47,6 +50,7 @@ fn main() {
         Command::Status(a) => client_cmds::status(a),
         Command::Bench(a) => client_cmds::bench(a),
         Command::EchoServer(a) => client_cmds::echo_server(a),
+        Command::Tuf(a) => tuf_cmds::tuf(a),
         Command::Features(a) => features_cmds::features(a),
     };
     if let Err(err) = result {

@@ -219,7 +219,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// Decode hex (either case); `None` if it is not hex.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     fn nibble(c: u8) -> Option<u8> {
@@ -231,7 +231,7 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     s.chunks(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?))
         .collect()
 }
 

@@ -348,7 +348,7 @@ impl Updater {
             .clone()
             .ok_or_else(|| TufError::new(ErrorKind::Order, "no target base URL configured"))?;
         // Fail before fetching if a listed hash cannot be checked.
-        let mut hasher = Hasher::new(&target.hashes)?;
+        let hasher = Hasher::new(&target.hashes)?;
         let rel = if self.trusted.root().consistent_snapshot && self.config.prefix_targets_with_hash
         {
             let (dir, name) = match target.path.rsplit_once('/') {
@@ -372,40 +372,53 @@ impl Updater {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let staging = parent.join(format!(".{file_name}.part"));
-        let result = (|| {
-            let f = fs::File::create(&staging).map_err(|e| {
-                TufError::new(
-                    ErrorKind::Io,
-                    format!("cannot create {}: {e}", staging.display()),
-                )
-            })?;
-            let mut sink = HashingSink {
-                hasher: &mut hasher,
-                out: std::io::BufWriter::new(f),
-            };
-            self.fetcher
-                .fetch_to(&base, &rel, target.length, &mut sink)?;
-            let f = sink
-                .out
-                .into_inner()
-                .map_err(|e| TufError::new(ErrorKind::Io, format!("writing target: {e}")))?;
-            super::metadata::check_length(hasher.len(), target.length)?;
-            hasher.finish_and_check()?;
-            f.sync_all()
-                .map_err(|e| TufError::new(ErrorKind::Io, format!("fsync target: {e}")))?;
-            fs::rename(&staging, file).map_err(|e| {
-                TufError::new(
-                    ErrorKind::Io,
-                    format!("cannot rename into {}: {e}", file.display()),
-                )
-            })?;
-            sync_dir(parent)
-        })();
+        let result = self.stage_and_commit(target, &base, &rel, hasher, &staging, file);
         if result.is_err() {
             let _ = fs::remove_file(&staging);
         }
         result
             .map_err(|e| TufError::new(e.kind, format!("target {:?}: {}", target.path, e.message)))
+    }
+}
+
+impl Updater {
+    /// Fetch into `staging` while hashing, check, fsync, rename over `file`.
+    fn stage_and_commit(
+        &self,
+        target: &TargetFile,
+        base: &str,
+        rel: &str,
+        mut hasher: Hasher,
+        staging: &Path,
+        file: &Path,
+    ) -> Result<()> {
+        let parent = file.parent().unwrap_or(Path::new("."));
+        let f = fs::File::create(staging).map_err(|e| {
+            TufError::new(
+                ErrorKind::Io,
+                format!("cannot create {}: {e}", staging.display()),
+            )
+        })?;
+        let mut sink = HashingSink {
+            hasher: &mut hasher,
+            out: std::io::BufWriter::new(f),
+        };
+        self.fetcher.fetch_to(base, rel, target.length, &mut sink)?;
+        let f = sink
+            .out
+            .into_inner()
+            .map_err(|e| TufError::new(ErrorKind::Io, format!("writing target: {e}")))?;
+        super::metadata::check_length(hasher.len(), target.length)?;
+        hasher.finish_and_check()?;
+        f.sync_all()
+            .map_err(|e| TufError::new(ErrorKind::Io, format!("fsync target: {e}")))?;
+        fs::rename(staging, file).map_err(|e| {
+            TufError::new(
+                ErrorKind::Io,
+                format!("cannot rename into {}: {e}", file.display()),
+            )
+        })?;
+        sync_dir(parent)
     }
 }
 
@@ -780,8 +793,10 @@ mod tests {
             repo.publish(&["root"]);
         }
         let env = Env::new(repo);
-        let mut cfg = UpdaterConfig::default();
-        cfg.max_root_rotations = 3;
+        let cfg = UpdaterConfig {
+            max_root_rotations: 3,
+            ..Default::default()
+        };
         env.repo.write_to(&env.dir.path().join("repo"));
         let base = format!("{}/metadata", env.dir.path().join("repo").display());
         let mut up = Updater::new(
