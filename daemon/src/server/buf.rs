@@ -108,7 +108,10 @@ fn class_of(min_cap: usize) -> Option<usize> {
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(p).ok().filter(|&p| p >= ALIGN).unwrap_or(4096)
+    usize::try_from(p)
+        .ok()
+        .filter(|&p| p >= ALIGN)
+        .unwrap_or(4096)
 }
 
 impl FrameBuf {
@@ -309,7 +312,11 @@ mod tests {
         let p = a.read_ptr();
         drop(a);
         let b = FrameBuf::take(300);
-        assert_eq!(b.read_ptr(), p, "the pooled buffer of that class comes back");
+        assert_eq!(
+            b.read_ptr(),
+            p,
+            "the pooled buffer of that class comes back"
+        );
         let mid = FrameBuf::take(70_000);
         assert_eq!(mid.capacity(), 128 << 10);
         let big = FrameBuf::take(3 * MAX_POOLED + 1);
@@ -326,7 +333,11 @@ mod tests {
         assert_eq!(pooled_bytes(), 64 << 10, "up to the budget is kept");
         let before = pooled_bytes();
         drop(FrameBuf::take(8 << 20));
-        assert_eq!(pooled_bytes(), before, "a mapped buffer is unmapped, not pooled");
+        assert_eq!(
+            pooled_bytes(),
+            before,
+            "a mapped buffer is unmapped, not pooled"
+        );
         set_pool_budget(0);
         assert_eq!(pooled_bytes(), 0, "lowering the budget frees the excess");
         drop(FrameBuf::take(100));

@@ -260,7 +260,8 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                     .stats
                     .connections_unauthenticated
                     .fetch_add(1, Relaxed);
-                let msg = "this server requires a HELLO carrying its token before any other request";
+                let msg =
+                    "this server requires a HELLO carrying its token before any other request";
                 conn.push(core.error_response(header.request_id, ErrorCode::Unauthenticated, msg));
                 return;
             }
@@ -320,7 +321,11 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
             small.extend_from(&buf);
             buf = small;
         }
-        let end = if need > READ_CHUNK { need } else { buf.capacity() };
+        let end = if need > READ_CHUNK {
+            need
+        } else {
+            buf.capacity()
+        };
         if buf.is_empty() {
             conn.partial_since.set(None);
         } else if conn.partial_since.get().is_none() {

@@ -411,10 +411,7 @@ impl AcceptErrors {
             tracing::debug!(listener = self.what, "accept failed: {e}");
             return;
         }
-        core.shared
-            .stats
-            .accept_fd_exhausted
-            .fetch_add(1, Relaxed);
+        core.shared.stats.accept_fd_exhausted.fetch_add(1, Relaxed);
         let now = Instant::now();
         let due = self
             .last_log
@@ -475,7 +472,11 @@ async fn accept_unix(l: monoio::net::UnixListener, core: Rc<Core>) {
             Ok((stream, _)) => {
                 let fd = stream.as_raw_fd();
                 if check_peer
-                    && !crate::security::peer_in_lists(&stream, &opts.allowed_uids, &opts.allowed_gids)
+                    && !crate::security::peer_in_lists(
+                        &stream,
+                        &opts.allowed_uids,
+                        &opts.allowed_gids,
+                    )
                 {
                     core.shared
                         .stats
