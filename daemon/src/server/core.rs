@@ -478,7 +478,13 @@ impl Core {
         let answer = match op {
             Some(Opcode::Predict) => return self.admit_predict(conn, header, body, now),
             Some(Opcode::Hello) => match decode_message::<Hello>(header, body) {
-                Ok(h) if self.shared.token.as_ref().is_some_and(|t| !t.matches(h.token.as_bytes())) => {
+                Ok(h)
+                    if self
+                        .shared
+                        .token
+                        .as_ref()
+                        .is_some_and(|t| !t.matches(h.token.as_bytes())) =>
+                {
                     // A later HELLO is checked like the first one.
                     self.stats()
                         .connections_unauthenticated
