@@ -162,17 +162,8 @@ pub struct CacheConfig {
     pub ttl_s: u64,
 }
 
-/// MQTT telemetry and FEEDBACK (its own issue; parsed and validated now, not active).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    pub enabled: bool,
-    /// `mqtt://host:port` or `mqtts://host:port`.
-    pub mqtt_url: Option<String>,
-    pub client_id: Option<String>,
-    pub topic_prefix: String,
-    pub interval_s: u64,
-}
+/// `[telemetry]`: owned (type, defaults, validation) by the telemetry crate.
+pub use edgeinfer_telemetry::TelemetryConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -250,18 +241,6 @@ impl Default for CacheConfig {
             path: None,
             max_bytes: 1 << 30,
             ttl_s: 3600,
-        }
-    }
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            enabled: false,
-            mqtt_url: None,
-            client_id: None,
-            topic_prefix: "edgeinfer".into(),
-            interval_s: 60,
         }
     }
 }
@@ -776,7 +755,6 @@ impl Config {
         for (on, name) in [
             (self.registry.enabled, "registry"),
             (self.cache.enabled, "cache"),
-            (self.telemetry.enabled, "telemetry"),
         ] {
             if on {
                 w.push(format!("[{name}] is configured but not active in this release; it is validated and ignored"));
@@ -1197,24 +1175,8 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
             "must be above 0 when cache.enabled = true".into(),
         );
     }
-    let t = &c.telemetry;
-    if t.enabled {
-        match t.mqtt_url.as_deref() {
-            None => invalid(
-                out,
-                "telemetry.mqtt_url",
-                "is required when telemetry.enabled = true".into(),
-            ),
-            Some(u) if !(u.starts_with("mqtt://") || u.starts_with("mqtts://")) => invalid(
-                out,
-                "telemetry.mqtt_url",
-                format!("{u:?}: expected mqtt://host:port or mqtts://host:port"),
-            ),
-            _ => {}
-        }
-        if t.interval_s == 0 {
-            invalid(out, "telemetry.interval_s", "must be at least 1".into());
-        }
+    for p in c.telemetry.validate() {
+        invalid(out, p.key, p.message);
     }
 }
 

@@ -10,3 +10,4 @@ pub mod model_table;
 pub mod security;
 pub mod server;
 pub mod systemd;
+pub mod telemetry_glue;

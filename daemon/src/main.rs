@@ -120,6 +120,7 @@ fn run(
         }
     };
     let app = App::start(opts, table.clone(), listeners)?;
+    let _telemetry = edgeinferd::telemetry_glue::start(&cfg, table.clone())?;
     let http = match http_listener {
         Some(l) => Some(http::spawn(&cfg, table.clone(), Some(app.stats()), l)?),
         None => None,

@@ -7,6 +7,7 @@ usage: consumer.py HOST PORT PREFIX SCHEMA_DIR
 import json
 import os
 import sys
+import time
 
 import jsonschema
 import paho.mqtt.client as mqtt
@@ -68,4 +69,10 @@ from paho.mqtt.properties import Properties
 props = Properties(PacketTypes.CONNECT)
 props.SessionExpiryInterval = 3600
 client.connect(host, port, keepalive=30, clean_start=False, properties=props)
-client.loop_forever(retry_first_connection=True)
+# paho raises when a reconnect is refused (the broker is down in the outage test): retry.
+while True:
+    try:
+        client.loop_forever(retry_first_connection=True)
+        break
+    except OSError:
+        time.sleep(0.1)

@@ -1135,6 +1135,13 @@ impl Core {
                 v.stats.queue.observe(queue);
                 v.stats.compute.observe(compute);
                 v.stats.latency.observe(job.p.arrived.elapsed());
+                crate::telemetry_glue::record_ok(
+                    &v.name,
+                    &v.version,
+                    job.p.arrived.elapsed(),
+                    queue,
+                    compute,
+                );
                 job.conn.push(r);
                 job.conn.job_finished();
             }
@@ -1157,6 +1164,12 @@ impl Core {
         v.stats
             .latency
             .observe(now.saturating_duration_since(job.p.arrived));
+        crate::telemetry_glue::record_error(
+            &v.name,
+            &v.version,
+            code.as_u32(),
+            now.saturating_duration_since(job.p.arrived),
+        );
         job.conn
             .push(self.error_response(job.p.request_id, code, message));
         job.conn.job_finished();
