@@ -40,6 +40,7 @@ fn status(state: &'static str) -> Status {
 
 #[test]
 fn every_topic_validates_and_an_outage_loses_nothing() {
+    watchdog("every_topic_validates_and_an_outage_loses_nothing", 150);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let broker = Mosquitto::start(dir.path(), port);
@@ -245,6 +246,10 @@ fn reboot_child_fills_the_outbox() {
 
 #[test]
 fn kill_9_with_a_full_outbox_loses_nothing_and_the_will_says_offline() {
+    watchdog(
+        "kill_9_with_a_full_outbox_loses_nothing_and_the_will_says_offline",
+        150,
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _broker = Mosquitto::start(dir.path(), port);

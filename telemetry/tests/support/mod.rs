@@ -16,6 +16,16 @@ use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
 use edgeinfer_telemetry::publisher::{Publisher, PublisherConfig};
 use edgeinfer_telemetry::SystemClock;
 
+/// Fails the whole test binary if a test is still running after `secs`: a stuck broker or
+/// consumer must show up as a failure, never as a CI run that never ends.
+pub fn watchdog(what: &'static str, secs: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        eprintln!("{what}: still running after {secs} s; failing");
+        std::process::exit(101);
+    });
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -106,7 +116,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest none\n",
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\nautosave_interval 1\npersistence_location {}/\nlog_dest none\n",
                 dir.display()
             ),
         )
@@ -130,6 +140,12 @@ impl Mosquitto {
     pub fn stop(mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // It saves every second too (autosave_interval), so a forced stop loses no session.
+        let end = Instant::now() + Duration::from_secs(3);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
         std::mem::forget(self);
     }
