@@ -188,9 +188,6 @@ impl Default for ServerConfig {
             unix_socket: PathBuf::from("./var/edgeinferd.sock"),
             socket_mode: Mode(0o660),
             socket_group: None,
-            write_timeout_ms: opts.write_timeout.as_millis() as u64,
-            buffer_pool_bytes: opts.buffer_pool_bytes,
-            max_request_rows: opts.max_request_rows,
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7700))),
             cores: Cores::All,
             driver: Driver::DEFAULT,
@@ -200,6 +197,9 @@ impl Default for ServerConfig {
             queue_depth: opts.queue_depth,
             read_timeout_ms: opts.read_timeout.as_millis() as u64,
             idle_timeout_ms: opts.idle_timeout.as_millis() as u64,
+            write_timeout_ms: opts.write_timeout.as_millis() as u64,
+            buffer_pool_bytes: opts.buffer_pool_bytes,
+            max_request_rows: opts.max_request_rows,
             shutdown_grace_ms: opts.shutdown_grace.as_millis() as u64,
             auth_token_file: None,
             tls_cert: None,
@@ -799,12 +799,6 @@ impl Config {
         LoadOptions {
             engine: m.and_then(|m| m.engine).unwrap_or(self.engine.default),
             gpu: m.and_then(|m| m.gpu).unwrap_or(self.engine.gpu),
-            write_timeout: Duration::from_millis(s.write_timeout_ms),
-            buffer_pool_bytes: s.buffer_pool_bytes,
-            max_request_rows: s.max_request_rows,
-            auth_token_file: s.auth_token_file.clone(),
-            allowed_uids: s.allowed_uids.clone(),
-            allowed_gids: s.allowed_gids.clone(),
             ort_library: self.engine.ort_library.clone(),
             intra_op_threads: self.engine.intra_op_threads,
             allow_non_finite: self.engine.allow_non_finite,
@@ -827,6 +821,12 @@ impl Config {
             queue_depth: s.queue_depth,
             read_timeout: Duration::from_millis(s.read_timeout_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+            write_timeout: Duration::from_millis(s.write_timeout_ms),
+            buffer_pool_bytes: s.buffer_pool_bytes,
+            max_request_rows: s.max_request_rows,
+            auth_token_file: s.auth_token_file.clone(),
+            allowed_uids: s.allowed_uids.clone(),
+            allowed_gids: s.allowed_gids.clone(),
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
             ..d
         }
@@ -979,6 +979,28 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
     );
     range(
         out,
+        "server.queue_depth",
+        s.queue_depth as u64,
+        1,
+        1 << 20,
+        "",
+    );
+    range(
+        out,
+        "server.read_timeout_ms",
+        s.read_timeout_ms,
+        1,
+        3_600_000,
+        " ms",
+    );
+    range(
+        out,
+        "server.idle_timeout_ms",
+        s.idle_timeout_ms,
+        1,
+        86_400_000,
+        " ms",
+    );
     range(
         out,
         "server.write_timeout_ms",
@@ -1002,28 +1024,6 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
         1,
         u32::MAX as u64,
         "",
-    );
-        "server.queue_depth",
-        s.queue_depth as u64,
-        1,
-        1 << 20,
-        "",
-    );
-    range(
-        out,
-        "server.read_timeout_ms",
-        s.read_timeout_ms,
-        1,
-        3_600_000,
-        " ms",
-    );
-    range(
-        out,
-        "server.idle_timeout_ms",
-        s.idle_timeout_ms,
-        1,
-        86_400_000,
-        " ms",
     );
     range(
         out,
