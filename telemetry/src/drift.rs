@@ -258,8 +258,7 @@ impl Distribution {
                         probs.len()
                     ));
                 }
-                if edges.windows(2).any(|w| !(w[0] < w[1])) || edges.iter().any(|e| !e.is_finite())
-                {
+                if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1]) {
                     return Err("edges must be finite and strictly ascending".into());
                 }
             }
@@ -668,7 +667,7 @@ mod tests {
         let mut w = DriftWindow::new(r.clone(), 1000, 0, 0);
         let mut c = DriftCounts::for_reference(&r);
         for i in 0..1000 {
-            let row: Vec<f64> = (0..3).map(|f| fresh[f][i]).collect();
+            let row: Vec<f64> = fresh.iter().map(|f| f[i]).collect();
             c.observe_row(&r, &row, &[]);
         }
         w.add(&c);

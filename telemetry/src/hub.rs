@@ -53,6 +53,10 @@ pub struct Hub {
     gpu_policy: HealthPolicy,
 }
 
+/// What one [`Hub::tick`] produced: latency reports and the drift windows that closed,
+/// each with its model and version.
+pub type TickReports = (Vec<LatencyReport>, Vec<(String, String, DriftReport)>);
+
 impl Hub {
     pub fn new(
         topics: Topics,
@@ -172,7 +176,7 @@ impl Hub {
 
     /// Once per interval: latency reports, and every drift window that is due (an alert
     /// window also raises a `drift_alert` event naming its features).
-    pub fn tick(&mut self) -> Result<(Vec<LatencyReport>, Vec<(String, String, DriftReport)>)> {
+    pub fn tick(&mut self) -> Result<TickReports> {
         let now = self.clock.now_ms();
         let mut batch = Vec::new();
         let lat = self.latency.drain();

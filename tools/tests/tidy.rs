@@ -88,13 +88,11 @@ fn skip_findings(text: &str) -> Vec<String> {
         let code = line.split("//").next().unwrap_or("").trim();
         let lower = code.to_lowercase();
         let no_space: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-        if no_space.contains("#[ignore") || no_space.contains("#[should_panic") {
-            found.push(format!("{}: {}", i + 1, line.trim()));
-        } else if no_space.contains("cfg_attr(") && no_space.contains(",ignore") {
-            found.push(format!("{}: {}", i + 1, line.trim()));
-        } else if (lower.contains("println!") || lower.contains("eprintln!"))
-            && lower.contains("skip")
-        {
+        let ignored = no_space.contains("#[ignore") || no_space.contains("#[should_panic");
+        let cfg_ignored = no_space.contains("cfg_attr(") && no_space.contains(",ignore");
+        let says_skip =
+            (lower.contains("println!") || lower.contains("eprintln!")) && lower.contains("skip");
+        if ignored || cfg_ignored || says_skip {
             found.push(format!("{}: {}", i + 1, line.trim()));
         }
         if no_space.starts_with("#[test]") || no_space.contains("#[tokio::test") {
