@@ -35,7 +35,7 @@ def on_connect(client, userdata, flags, reason_code, properties):
 
 def on_message(client, userdata, msg):
     level = msg.topic.rsplit("/", 1)[-1]
-    out = {"topic": msg.topic, "level": level, "retain": bool(msg.retain), "valid": False}
+    out = {"topic": msg.topic, "level": level, "retain": bool(msg.retain), "dup": bool(msg.dup), "valid": False}
     props = getattr(msg.properties, "UserProperty", None) or []
     out["props"] = {k: v for k, v in props}
     out["expiry"] = getattr(msg.properties, "MessageExpiryInterval", None)
@@ -68,6 +68,9 @@ from paho.mqtt.properties import Properties
 
 props = Properties(PacketTypes.CONNECT)
 props.SessionExpiryInterval = 3600
+# paho's reconnect back-off starts at 1 s and doubles up to 120 s: after a broker restart the
+# consumer would come back long after the replay; an operator's collector retries sooner.
+client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
 client.connect(host, port, keepalive=30, clean_start=False, properties=props)
 # paho raises when a reconnect is refused (the broker is down in the outage test): retry.
 while True:
