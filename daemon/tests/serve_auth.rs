@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use edgeinfer_client::blocking::Client;
-use edgeinfer_client::{Endpoint, PredictOptions};
+use edgeinfer_client::Endpoint;
 use edgeinfer_engine::EngineChoice;
 use edgeinfer_proto::{encode_message, ErrorCode, Hello, Opcode};
 use edgeinferd::server::Driver;
@@ -38,18 +38,6 @@ fn hello_frame(id: u64, token: &str) -> Vec<u8> {
     )
     .unwrap();
     f
-}
-
-/// One churn row through the client library; panics unless it is answered.
-fn served(c: &mut Client) {
-    let r = c
-        .predict(
-            "churn",
-            &[churn_row(0.25).view()],
-            &PredictOptions::default(),
-        )
-        .expect("an authenticated client is served");
-    assert!(r.output("probabilities").is_some());
 }
 
 /// The answers a refused raw connection gets: exactly one UNAUTHENTICATED, then EOF.

@@ -29,18 +29,6 @@ fn churn(opts: ServerOptions) -> TestServer {
     )
 }
 
-/// One churn row through a client; panics unless it is answered.
-fn served(c: &mut Client) {
-    let r = c
-        .predict(
-            "churn",
-            &[churn_row(0.25).view()],
-            &PredictOptions::default(),
-        )
-        .expect("the other client is served");
-    assert!(r.output("probabilities").is_some());
-}
-
 /// `rows` churn rows as one tensor.
 fn churn_rows(rows: u64) -> Tensor {
     let v: Vec<f32> = (0..rows * 20).map(|i| (i % 13) as f32 * 0.1).collect();

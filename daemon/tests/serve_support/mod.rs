@@ -314,3 +314,15 @@ pub fn predict_frame(id: u64, model: &str, input: &Tensor, deadline_us: u64) -> 
 pub fn churn_row(value: f32) -> Tensor {
     Tensor::from_f32("float_input", vec![1, 20], &[value; 20]).unwrap()
 }
+
+/// One churn row through `c`; panics unless it is answered with probabilities.
+pub fn served(c: &mut Client) {
+    let r = c
+        .predict(
+            "churn",
+            &[churn_row(0.25).view()],
+            &edgeinfer_client::PredictOptions::default(),
+        )
+        .expect("the client is served");
+    assert!(r.output("probabilities").is_some());
+}
