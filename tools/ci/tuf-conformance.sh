@@ -33,8 +33,11 @@ if ! command -v faketime >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime
 fi
 
-echo "== tuf-conformance: cargo build -p edgeinfer"
-cargo build -p edgeinfer --locked
+# The binary `cargo test --workspace` already built (tools' integration tests need it),
+# with the workspace's unified features: after the test command this is a no-op, where
+# `cargo build -p edgeinfer` would recompile tract, heed and rumqttc with fewer features.
+echo "== tuf-conformance: cargo test --workspace --no-run (builds target/debug/edgeinfer)"
+cargo test --workspace --no-run --locked -q
 export EDGEINFER_BIN="$repo/target/debug/edgeinfer"
 
 # CI's copy of ../shared has no write bits; pytest and the suite write next to it.
