@@ -162,6 +162,19 @@ pub fn load_model_with_probe(
     opts: &LoadOptions,
     gpu: &GpuProbe,
 ) -> Result<Model> {
+    load_model_on_samples(model_bytes, opts, gpu, &[])
+}
+
+/// [`load_model_with_probe`], where `engine = "auto"` decides on `samples` (each a full set
+/// of model inputs, e.g. a release's golden samples at 1 and at 64 rows) instead of one
+/// synthesised row: every candidate must match the reference on each set, and the fastest
+/// by the sum of its per-set p50s wins. Empty `samples`: the synthesised row.
+pub fn load_model_on_samples(
+    model_bytes: &[u8],
+    opts: &LoadOptions,
+    gpu: &GpuProbe,
+    samples: &[Vec<InputTensor>],
+) -> Result<Model> {
     let mut fallbacks = Vec::new();
     if opts.gpu == GpuPolicy::Required
         && matches!(opts.engine, EngineChoice::Tract | EngineChoice::OrtCpu)
@@ -220,7 +233,7 @@ pub fn load_model_with_probe(
             };
             Ok(Model::new(chosen.info, report, chosen.factory))
         }
-        EngineChoice::Auto => load_auto(model_bytes, opts, gpu, fallbacks),
+        EngineChoice::Auto => load_auto(model_bytes, opts, gpu, fallbacks, samples),
     }
 }
 
@@ -296,6 +309,7 @@ fn load_auto(
     opts: &LoadOptions,
     gpu: &GpuProbe,
     mut fallbacks: Vec<Fallback>,
+    samples: &[Vec<InputTensor>],
 ) -> Result<Model> {
     let gpu_only = opts.gpu == GpuPolicy::Required;
     let mut loaded: Vec<Loaded> = Vec::new();
@@ -372,19 +386,43 @@ fn load_auto(
         };
         return Ok(Model::new(only.info, report, only.factory));
     }
-    choose_fastest(loaded, fallbacks)
+    choose_fastest(loaded, fallbacks, samples)
 }
 
-/// What running one candidate on the sample input gave.
+/// What running one candidate on the sample inputs gave (one output set per input set).
 struct Trial {
-    outputs: Outputs,
+    outputs: Vec<Outputs>,
     p50_us: f64,
 }
 
-fn trial(loaded: &Loaded) -> Result<Trial> {
-    let inputs = synth_inputs(&loaded.info, 1, 0x5eed);
-    let views: Vec<TensorView<'_>> = inputs.iter().map(InputTensor::view).collect();
+fn trial(loaded: &Loaded, samples: &[Vec<InputTensor>]) -> Result<Trial> {
+    let synth;
+    let sets = if samples.is_empty() {
+        synth = [synth_inputs(&loaded.info, 1, 0x5eed)];
+        &synth[..]
+    } else {
+        samples
+    };
     let mut session = loaded.factory.new_session()?;
+    let mut trial = Trial {
+        outputs: Vec::with_capacity(sets.len()),
+        p50_us: 0.0,
+    };
+    for inputs in sets {
+        let (outputs, p50_us) = time_runs(loaded, session.as_mut(), inputs)?;
+        trial.outputs.push(outputs);
+        trial.p50_us += p50_us;
+    }
+    Ok(trial)
+}
+
+/// The outputs of one untimed run on `inputs`, then the p50 of the timed runs.
+fn time_runs(
+    loaded: &Loaded,
+    session: &mut dyn crate::Session,
+    inputs: &[InputTensor],
+) -> Result<(Outputs, f64)> {
+    let views: Vec<TensorView<'_>> = inputs.iter().map(InputTensor::view).collect();
     let mut outputs = Outputs::for_model(&loaded.info);
     // The first run also pays for lazy initialisation; it is not timed.
     session.run(&views, &mut outputs)?;
@@ -400,7 +438,7 @@ fn trial(loaded: &Loaded) -> Result<Trial> {
     }
     times.sort();
     let p50_us = times[times.len() / 2].as_secs_f64() * 1e6;
-    Ok(Trial { outputs, p50_us })
+    Ok((outputs, p50_us))
 }
 
 /// The rule of `auto`: the lowest p50 among the candidates whose outputs matched the
@@ -412,8 +450,12 @@ fn fastest_matching(candidates: &[Candidate]) -> Option<&Candidate> {
         .reduce(|best, c| if c.p50_us < best.p50_us { c } else { best })
 }
 
-fn choose_fastest(loaded: Vec<Loaded>, mut fallbacks: Vec<Fallback>) -> Result<Model> {
-    let trials: Vec<Result<Trial>> = loaded.iter().map(trial).collect();
+fn choose_fastest(
+    loaded: Vec<Loaded>,
+    mut fallbacks: Vec<Fallback>,
+    samples: &[Vec<InputTensor>],
+) -> Result<Model> {
+    let trials: Vec<Result<Trial>> = loaded.iter().map(|l| trial(l, samples)).collect();
     // ONNX Runtime on CPU is the reference implementation; without it, the first that ran.
     let reference = loaded
         .iter()
@@ -459,7 +501,10 @@ fn choose_fastest(loaded: Vec<Loaded>, mut fallbacks: Vec<Fallback>) -> Result<M
                 format!("could not run the sample input: {}", e.message),
             ),
             Ok(t) => {
-                let matches = compare_outputs(reference_outputs, &t.outputs);
+                let matches = reference_outputs
+                    .iter()
+                    .zip(&t.outputs)
+                    .try_for_each(|(r, o)| compare_outputs(r, o));
                 if let Err(why) = &matches {
                     record(
                         &mut fallbacks,

@@ -18,7 +18,8 @@ mod tract_engine;
 mod tree;
 
 pub use auto::{
-    compare_outputs, load_model_with_probe, synth_inputs, InputTensor, OUTPUT_TOLERANCE,
+    compare_outputs, load_model_on_samples, load_model_with_probe, synth_inputs, InputTensor,
+    OUTPUT_TOLERANCE,
 };
 pub use gpu::{probe_gpus, GpuInfo, GpuProbe};
 pub use ort_engine::{
@@ -35,6 +36,16 @@ pub const TRACT_VERSION: &str = "0.23";
 /// available backend on a sample input and keeps the fastest whose outputs match.
 /// Probes the GPUs through NVML first when the choice may involve CUDA.
 pub fn load_model(model_bytes: &[u8], opts: &LoadOptions) -> Result<Model> {
+    load_model_with_samples(model_bytes, opts, &[])
+}
+
+/// [`load_model`], with `engine = "auto"` deciding on `samples` (see
+/// [`load_model_on_samples`]): the pull agent passes a release's golden samples.
+pub fn load_model_with_samples(
+    model_bytes: &[u8],
+    opts: &LoadOptions,
+    samples: &[Vec<InputTensor>],
+) -> Result<Model> {
     let may_use_cuda = matches!(opts.engine, EngineChoice::Auto | EngineChoice::OrtCuda)
         && opts.gpu != GpuPolicy::Never;
     // Only probe once ORT is known to be loaded: NVML's own dlopen would queue behind a
@@ -49,7 +60,7 @@ pub fn load_model(model_bytes: &[u8], opts: &LoadOptions) -> Result<Model> {
             error: Some("not probed: CUDA is out of the question for this load".into()),
         }
     };
-    load_model_with_probe(model_bytes, opts, &probe)
+    load_model_on_samples(model_bytes, opts, &probe, samples)
 }
 
 use std::path::PathBuf;

@@ -1,13 +1,15 @@
 //! Model sources: where model versions come from.
 //!
-//! Today: model files on local disk, named in the daemon's config, and [`tuf`],
-//! the TUF client that signed releases are verified with (the pull agent and
-//! release tooling build on it).
+//! Model files on local disk, named in the daemon's config; [`tuf`], the TUF client
+//! that signed releases are verified with; [`agent`], the pull agent that follows a
+//! repository; and [`install`], the power-safe install of verified versions.
 //!
 //! Architecture invariant: this crate never runs a model. It hands bytes and
 //! identity to the daemon, which loads, warms and swaps them in.
 
 pub mod release;
+pub mod agent;
+pub mod install;
 pub mod tuf;
 
 use std::path::{Path, PathBuf};

@@ -153,6 +153,14 @@ impl HttpFetcher {
     }
 }
 
+impl HttpFetcher {
+    /// The configured client, for requests the TUF workflow does not make (ranged target
+    /// downloads of the pull agent).
+    pub(crate) fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+}
+
 impl Fetcher for HttpFetcher {
     fn fetch_to(&self, base: &str, rel: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64> {
         let url = format!("{base}{rel}");
@@ -211,7 +219,7 @@ pub fn quote_path(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -22,8 +22,10 @@ pub mod store;
 pub mod trusted;
 pub mod updater;
 
-#[cfg(test)]
-mod testrepo;
+/// The signing test repository: unit tests here, and behind the `testrepo` feature the
+/// daemon's registry tests and the demo repository's generator.
+#[cfg(any(test, feature = "testrepo"))]
+pub mod testrepo;
 
 pub use fetch::{DirFetcher, Fetcher, HttpFetcher};
 pub use metadata::TargetFile;

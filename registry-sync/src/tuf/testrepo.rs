@@ -64,6 +64,12 @@ fn common(t: &str) -> Value {
     json!({"_type": t, "version": 1, "spec_version": "1.0.31", "expires": EXPIRES})
 }
 
+impl Default for Repo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Repo {
     pub fn new() -> Repo {
         let mut repo = Repo {

@@ -349,17 +349,7 @@ impl Updater {
             .ok_or_else(|| TufError::new(ErrorKind::Order, "no target base URL configured"))?;
         // Fail before fetching if a listed hash cannot be checked.
         let hasher = Hasher::new(&target.hashes)?;
-        let rel = if self.trusted.root().consistent_snapshot && self.config.prefix_targets_with_hash
-        {
-            let (dir, name) = match target.path.rsplit_once('/') {
-                Some((d, n)) => (format!("{d}/"), n),
-                None => (String::new(), target.path.as_str()),
-            };
-            format!("{dir}{}.{name}", target.url_hash())
-        } else {
-            target.path.clone()
-        };
-        let rel = quote_path(&rel);
+        let rel = self.target_url_path(target);
         let parent = file.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(|e| {
             TufError::new(
@@ -382,6 +372,22 @@ impl Updater {
 }
 
 impl Updater {
+    /// The URL path of `target` under the target base: hash-prefixed in its directory for
+    /// consistent snapshots, percent-encoded (the pull agent fetches with resume through it).
+    pub fn target_url_path(&self, target: &TargetFile) -> String {
+        let rel = if self.trusted.root().consistent_snapshot && self.config.prefix_targets_with_hash
+        {
+            let (dir, name) = match target.path.rsplit_once('/') {
+                Some((d, n)) => (format!("{d}/"), n),
+                None => (String::new(), target.path.as_str()),
+            };
+            format!("{dir}{}.{name}", target.url_hash())
+        } else {
+            target.path.clone()
+        };
+        quote_path(&rel)
+    }
+
     /// Fetch into `staging` while hashing, check, fsync, rename over `file`.
     fn stage_and_commit(
         &self,
@@ -423,9 +429,9 @@ impl Updater {
 }
 
 /// A writer that hashes what passes through it.
-struct HashingSink<'a, W: Write> {
-    hasher: &'a mut Hasher,
-    out: W,
+pub(crate) struct HashingSink<'a, W: Write> {
+    pub(crate) hasher: &'a mut Hasher,
+    pub(crate) out: W,
 }
 
 impl<W: Write> Write for HashingSink<'_, W> {
