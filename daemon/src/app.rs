@@ -212,6 +212,16 @@ impl Control {
         })
     }
 
+    /// Routes `name`'s requests as a rollout decision says (its versions already
+    /// installed): one version alone, or stable and candidate split sticky by routing key.
+    pub fn serve_rollout(
+        &self,
+        name: &str,
+        serve: &edgeinfer_rollout::Serve,
+    ) -> anyhow::Result<()> {
+        self.change(|next| Ok(slot_mut(next, name)?.serve(serve)?))
+    }
+
     /// Unloads `name`@`version`. Requests already admitted on it finish; its sessions are
     /// dropped on a control thread once the last of them is answered.
     pub fn retire(&self, name: &str, version: &str) -> anyhow::Result<()> {

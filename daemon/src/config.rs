@@ -39,6 +39,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
+    pub rollout: RolloutConfig,
 }
 
 /// The binary-protocol listeners and the data path's limits.
@@ -165,6 +166,9 @@ pub struct CacheConfig {
 /// `[telemetry]`: owned (type, defaults, validation) by the telemetry crate.
 pub use edgeinfer_telemetry::TelemetryConfig;
 
+/// `[rollout]`: owned (type, defaults, validation) by the rollout crate.
+pub use edgeinfer_rollout::RolloutConfig;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -177,6 +181,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cache: CacheConfig::default(),
             telemetry: TelemetryConfig::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -1176,6 +1181,9 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
         );
     }
     for p in c.telemetry.validate() {
+        invalid(out, p.key, p.message);
+    }
+    for p in c.rollout.validate() {
         invalid(out, p.key, p.message);
     }
 }

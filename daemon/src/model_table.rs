@@ -139,10 +139,27 @@ impl PreparedSessions {
 pub enum Routing {
     /// Every request goes to this version (index into `ModelSlot::versions`).
     Single(usize),
-    /// A/B: each routing key lands on one arm, chosen by a stable hash of the key so
-    /// the same key gets the same arm on every box and across restarts.
-    /// Arms are `(version index, weight)`; weights need not sum to anything.
+    /// A/B: a request with a routing key lands on the arm its point falls in, walking the
+    /// arms in order; the point is the rollout crate's bucketing hash of the key under
+    /// `ModelSlot::split_salt` (`edgeinfer_rollout::bucket::point`), so the same key gets
+    /// the same arm on every box and across restarts. A request with no key draws its point
+    /// at random. Arms are `(version index, weight)`; weights need not sum to anything, but a
+    /// rollout split ([`ModelSlot::set_split`]) is `[(candidate, bp), (stable, 10000 - bp)]`
+    /// so that "bucket < bp → candidate" is the same rule as the canary's.
     Split(Vec<(usize, u32)>),
+}
+
+/// A pin that names an arm of a split instead of a version: `@0`/`@candidate` for the first
+/// arm, `@1`/`@stable` for the second, `@N` for any. Versions never start with `@` (the
+/// rollout directive refuses them), so the two cannot be confused.
+pub const ARM_PIN_PREFIX: char = '@';
+
+fn arm_of_pin(pin: &str) -> Option<usize> {
+    match pin.strip_prefix(ARM_PIN_PREFIX)? {
+        "candidate" => Some(0),
+        "stable" => Some(1),
+        n => n.parse().ok(),
+    }
 }
 
 /// All versions of one model and how requests pick among them.
@@ -154,6 +171,9 @@ pub struct ModelSlot {
     /// Batching per version (by version string); a version not listed runs unbatched.
     /// Kept apart from the identity so a batching change keeps sessions and counters.
     pub serving: BTreeMap<String, ServingConfig>,
+    /// Salts the routing-key hash of a [`Routing::Split`] (the rollout's canary salt), so
+    /// each trial draws its own keys.
+    pub split_salt: String,
 }
 
 impl ModelSlot {
@@ -163,7 +183,53 @@ impl ModelSlot {
             serving: BTreeMap::from([(version.version.clone(), serving)]),
             versions: vec![version],
             routing: Routing::Single(0),
+            split_salt: String::new(),
         }
+    }
+
+    /// Serves `stable` and `candidate` (both loaded) side by side: a routing key whose
+    /// bucket under `salt` is below `candidate_bp` (of 10000) takes the candidate, sticky;
+    /// a request without a key draws its arm at random. Arm `@0` is the candidate, `@1`
+    /// stable.
+    pub fn set_split(
+        &mut self,
+        stable: &str,
+        candidate: &str,
+        candidate_bp: u32,
+        salt: &str,
+    ) -> Result<(), ResolveError> {
+        let s = self.require(stable)?;
+        let c = self.require(candidate)?;
+        let bp = candidate_bp.min(edgeinfer_rollout::BUCKETS);
+        self.routing = Routing::Split(vec![(c, bp), (s, edgeinfer_rollout::BUCKETS - bp)]);
+        self.split_salt = salt.to_owned();
+        Ok(())
+    }
+
+    /// Serves as a rollout decision says: one version alone, or a sticky split.
+    pub fn serve(&mut self, serve: &edgeinfer_rollout::Serve) -> Result<(), ResolveError> {
+        use edgeinfer_rollout::Serve;
+        match serve {
+            Serve::Stable { version } | Serve::Candidate { version } => {
+                self.routing = Routing::Single(self.require(version)?);
+                Ok(())
+            }
+            Serve::Split {
+                stable,
+                candidate,
+                candidate_bp,
+                salt,
+            } => self.set_split(stable, candidate, *candidate_bp, salt),
+        }
+    }
+
+    fn require(&self, version: &str) -> Result<usize, ResolveError> {
+        self.index_of(version)
+            .ok_or_else(|| ResolveError::UnknownVersion {
+                model: self.name.clone(),
+                version: version.to_owned(),
+                loaded: self.loaded(),
+            })
     }
 
     /// How `version` is served (unbatched when not configured).
@@ -194,24 +260,39 @@ impl ModelSlot {
             .join(", ")
     }
 
-    /// The version that serves requests without a routing key.
+    /// The version that serves requests without a version pin: under a split, the arm with
+    /// the most weight (the later on a tie: stable, in a rollout split).
     pub fn default_version(&self) -> &Arc<ModelVersion> {
         let idx = match &self.routing {
             Routing::Single(i) => *i,
-            Routing::Split(arms) => arms.first().map(|a| a.0).unwrap_or(0),
+            Routing::Split(arms) => arms.iter().max_by_key(|a| a.1).map(|a| a.0).unwrap_or(0),
         };
         &self.versions[idx.min(self.versions.len() - 1)]
     }
 
+    /// The version of arm `arm` of the split; `None` when not split or no such arm.
+    pub fn arm(&self, arm: usize) -> Option<&Arc<ModelVersion>> {
+        match &self.routing {
+            Routing::Split(arms) => arms.get(arm).and_then(|a| self.versions.get(a.0)),
+            Routing::Single(_) => None,
+        }
+    }
+
+    /// Picks the version for a request: on the data path, so no allocation and no lock
+    /// (the hash is on the stack, the random draw is a thread-local generator).
     fn route(&self, routing_key: &[u8]) -> &Arc<ModelVersion> {
         match &self.routing {
             Routing::Single(_) => self.default_version(),
             Routing::Split(arms) => {
                 let total: u64 = arms.iter().map(|a| a.1 as u64).sum();
-                if routing_key.is_empty() || total == 0 {
+                if total == 0 {
                     return self.default_version();
                 }
-                let mut point = stable_hash(routing_key) % total;
+                let mut point = if routing_key.is_empty() {
+                    edgeinfer_rollout::bucket::random_point(total)
+                } else {
+                    edgeinfer_rollout::bucket::point(self.split_salt.as_bytes(), routing_key, total)
+                };
                 for &(idx, weight) in arms {
                     if point < weight as u64 {
                         return &self.versions[idx.min(self.versions.len() - 1)];
@@ -222,17 +303,6 @@ impl ModelSlot {
             }
         }
     }
-}
-
-/// FNV-1a, 64 bit: fixed across processes, machines and releases (unlike a
-/// randomly seeded hasher), which is what A/B assignment needs.
-pub fn stable_hash(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// Why a request could not be matched to a model version.
@@ -257,7 +327,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Pick the version for one request: a pinned version if given, else by routing key.
+    /// Pick the version for one request: a pinned version (or split arm, `@0`/`@candidate`,
+    /// `@1`/`@stable`) if given, else by routing key (random under a split when empty).
     pub fn resolve(
         &self,
         model: &str,
@@ -270,14 +341,15 @@ impl Snapshot {
             .ok_or_else(|| ResolveError::UnknownModel(model.to_owned()))?;
         match pin {
             Some(v) if !v.is_empty() => {
-                slot.versions
-                    .iter()
-                    .find(|m| m.version == v)
-                    .ok_or_else(|| ResolveError::UnknownVersion {
-                        model: model.to_owned(),
-                        version: v.to_owned(),
-                        loaded: slot.loaded(),
-                    })
+                let found = match arm_of_pin(v) {
+                    Some(arm) => slot.arm(arm),
+                    None => slot.versions.iter().find(|m| m.version == v),
+                };
+                found.ok_or_else(|| ResolveError::UnknownVersion {
+                    model: model.to_owned(),
+                    version: v.to_owned(),
+                    loaded: slot.loaded(),
+                })
             }
             _ => Ok(slot.route(routing_key)),
         }
@@ -528,15 +600,97 @@ impl CountHistogram {
 mod tests {
     use super::*;
 
+    fn version(v: &str) -> Arc<ModelVersion> {
+        let model = edgeinfer_engine::load_model(
+            crate::app::DEMO_MODEL,
+            &edgeinfer_engine::LoadOptions {
+                engine: edgeinfer_engine::EngineChoice::Tract,
+                ..Default::default()
+            },
+        )
+        .expect("the embedded demo model loads on tract");
+        Arc::new(ModelVersion::new("churn", v, model))
+    }
+
+    fn split_snapshot(candidate_bp: u32) -> Snapshot {
+        let mut slot = ModelSlot::single(version("3"), ServingConfig::default());
+        slot.put(version("4"), ServingConfig::default());
+        slot.set_split("3", "4", candidate_bp, "churn-4").unwrap();
+        Snapshot {
+            generation: 1,
+            models: BTreeMap::from([("churn".to_owned(), slot)]),
+        }
+    }
+
     #[test]
-    fn stable_hash_is_fixed() {
-        // Fixed values: A/B assignment must never change across builds or restarts.
-        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
-        // Computed outside this code (a few lines of Python over the FNV-1a definition);
-        // "foobar" is also the published FNV-1a 64 test vector.
-        assert_eq!(stable_hash(b"foobar"), 0x8594_4171_f739_67e8);
-        assert_eq!(stable_hash(b"customer-42"), 0x1e1b_8c70_eb18_f59e);
+    fn split_routing_agrees_with_the_rollout_bucketing() {
+        // The in-device split and the crate's Arm::for_key must send every key the same way
+        // (docs/rollout.md: one rule, one hash).
+        let snap = split_snapshot(3000);
+        for i in 0..5_000 {
+            let key = format!("user-{i}");
+            let v = snap.resolve("churn", None, key.as_bytes()).unwrap();
+            let arm = edgeinfer_rollout::Arm::for_key("churn-4", key.as_bytes(), 3000);
+            let want = match arm {
+                edgeinfer_rollout::Arm::Candidate => "4",
+                edgeinfer_rollout::Arm::Stable => "3",
+            };
+            assert_eq!(v.version, want, "{key}");
+        }
+    }
+
+    #[test]
+    fn arm_pins_and_version_pins() {
+        let snap = split_snapshot(1000);
+        let pin = |p: &str| {
+            snap.resolve("churn", Some(p), b"k")
+                .map(|v| v.version.clone())
+        };
+        assert_eq!(pin("@candidate").unwrap(), "4");
+        assert_eq!(pin("@0").unwrap(), "4");
+        assert_eq!(pin("@stable").unwrap(), "3");
+        assert_eq!(pin("@1").unwrap(), "3");
+        assert_eq!(pin("3").unwrap(), "3");
+        assert!(matches!(
+            pin("@2"),
+            Err(ResolveError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            pin("@x"),
+            Err(ResolveError::UnknownVersion { .. })
+        ));
+        // The default (unpinned, for health and metadata) is the heavier arm: stable.
+        assert_eq!(snap.models["churn"].default_version().version, "3");
+        // Not split: an arm pin is an error naming what is loaded.
+        let single = Snapshot {
+            generation: 1,
+            models: BTreeMap::from([(
+                "churn".to_owned(),
+                ModelSlot::single(version("3"), ServingConfig::default()),
+            )]),
+        };
+        let e = single
+            .resolve("churn", Some("@candidate"), b"")
+            .unwrap_err();
+        assert!(e.to_string().contains("loaded: 3"), "{e}");
+    }
+
+    #[test]
+    fn unkeyed_requests_spread_over_both_arms() {
+        let snap = split_snapshot(5000);
+        let candidate = (0..10_000)
+            .filter(|_| snap.resolve("churn", None, b"").unwrap().version == "4")
+            .count();
+        // Binomial(10000, 0.5): ±5 σ = ±250.
+        assert!((4750..5250).contains(&candidate), "{candidate} of 10000");
+    }
+
+    #[test]
+    fn set_split_refuses_a_version_not_loaded() {
+        let mut slot = ModelSlot::single(version("3"), ServingConfig::default());
+        let e = slot.set_split("3", "9", 100, "s").unwrap_err();
+        assert!(matches!(e, ResolveError::UnknownVersion { ref version, .. } if version == "9"));
+        assert_eq!(slot.routing, Routing::Single(0));
     }
 
     #[test]
