@@ -109,8 +109,8 @@ pub struct EngineConfig {
     pub allow_non_finite: bool,
 }
 
-/// One model version to serve.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One model version to serve. (Not `Eq`: a feature schema holds f64 defaults.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Name clients ask for: letters, digits, `_`, `-`, `.`.
@@ -131,6 +131,10 @@ pub struct ModelConfig {
     /// Dynamic batching: longest a request waits for company.
     #[serde(default = "default_max_delay_us")]
     pub max_delay_us: u64,
+    /// The model's feature schema for PREDICT_BY_ENTITY (docs/features.md); until the signed
+    /// bundle carries it, it is read from here.
+    #[serde(default)]
+    pub features: Option<edgeinfer_features::FeatureSchema>,
 }
 
 fn default_version() -> String {
@@ -152,16 +156,8 @@ pub struct RegistryConfig {
     pub trusted_keys_file: Option<PathBuf>,
 }
 
-/// Feature cache for PREDICT_BY_ENTITY (its own issue; parsed and validated now, not active).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    /// LMDB directory; unset = `<state_dir>/cache`.
-    pub path: Option<PathBuf>,
-    pub max_bytes: u64,
-    pub ttl_s: u64,
-}
+/// `[cache]`: owned (type, defaults, validation) by the features crate (docs/features.md).
+pub use edgeinfer_features::CacheConfig;
 
 /// `[telemetry]`: owned (type, defaults, validation) by the telemetry crate.
 pub use edgeinfer_telemetry::TelemetryConfig;
@@ -235,17 +231,6 @@ impl Default for RegistryConfig {
             url: None,
             poll_interval_s: 300,
             trusted_keys_file: None,
-        }
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            enabled: false,
-            path: None,
-            max_bytes: 1 << 30,
-            ttl_s: 3600,
         }
     }
 }
@@ -757,10 +742,7 @@ impl Config {
     /// Things that are allowed but worth a log line at startup.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        for (on, name) in [
-            (self.registry.enabled, "registry"),
-            (self.cache.enabled, "cache"),
-        ] {
+        for (on, name) in [(self.registry.enabled, "registry")] {
             if on {
                 w.push(format!("[{name}] is configured but not active in this release; it is validated and ignored"));
             }
@@ -871,6 +853,7 @@ fn parse_model_flag(s: &str) -> Result<ModelConfig, String> {
         gpu: None,
         max_batch: 0,
         max_delay_us: default_max_delay_us(),
+        features: None,
     })
 }
 
@@ -1173,12 +1156,8 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
             invalid(out, "registry.poll_interval_s", "must be at least 1".into());
         }
     }
-    if c.cache.enabled && c.cache.max_bytes == 0 {
-        invalid(
-            out,
-            "cache.max_bytes",
-            "must be above 0 when cache.enabled = true".into(),
-        );
+    for (key, message) in c.cache.problems() {
+        invalid(out, key, message);
     }
     for p in c.telemetry.validate() {
         invalid(out, p.key, p.message);
@@ -1625,6 +1604,7 @@ mod tests {
             gpu: None,
             max_batch: 8,
             max_delay_us: 0,
+            features: None,
         });
         let e = c.validate().unwrap_err();
         let keys: Vec<(&str, ConfigErrorKind)> = e

@@ -96,6 +96,13 @@ fn run(
     let table = app::load_models(&cfg.model_specs())?;
 
     let opts = cfg.server_options();
+    // The feature store opens before the cores: readers sized to them, stale ones cleared.
+    let cores = if opts.cores.is_empty() {
+        edgeinfer_engine::cores::allowed_cores()?.len()
+    } else {
+        opts.cores.len()
+    };
+    server::entity::start(&cfg, &table, cores).context("[cache]")?;
     // The socket file to remove on exit: only one this process bound (not systemd's).
     let mut bound_unix = None;
     let (listeners, http_listener, places) = match activated.filter(|a| !a.is_empty()) {

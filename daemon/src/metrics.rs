@@ -200,6 +200,8 @@ pub fn render_into(out: &mut String, snapshot: &Snapshot, server: Option<&Server
     if let Some(s) = server {
         render_server(out, s);
     }
+    // The feature store's counters and fill (nothing when [cache] is off).
+    crate::server::entity::render_metrics(out);
 
     header(
         out,

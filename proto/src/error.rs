@@ -22,10 +22,12 @@ pub enum ErrorCode {
     TooManyInFlight = 13,
     /// The server wants a token (in HELLO) or a peer it allows; the connection closes.
     Unauthenticated = 14,
+    /// The feature store refused or failed: map full, not enabled, a stored row unreadable.
+    FeatureStore = 15,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOpcode,
@@ -40,6 +42,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyInFlight,
         ErrorCode::Unauthenticated,
+        ErrorCode::FeatureStore,
     ];
 
     pub const fn from_u32(v: u32) -> Option<ErrorCode> {
@@ -58,6 +61,7 @@ impl ErrorCode {
             12 => ErrorCode::ShuttingDown,
             13 => ErrorCode::TooManyInFlight,
             14 => ErrorCode::Unauthenticated,
+            15 => ErrorCode::FeatureStore,
             _ => return None,
         })
     }
@@ -82,6 +86,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::TooManyInFlight => "TOO_MANY_IN_FLIGHT",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::FeatureStore => "FEATURE_STORE",
         }
     }
 

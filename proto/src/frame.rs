@@ -305,7 +305,13 @@ pub enum Payload<'a> {
     Health(HealthRequest),
     HealthResponse(HealthResponse),
     Error(ErrorResponse),
-    /// PREDICT_BY_ENTITY, FEEDBACK and their responses: messages not defined yet.
+    PredictByEntity(crate::PredictByEntityRequest),
+    PredictByEntityResponse(crate::PredictByEntityResponseView<'a>),
+    PutFeatures(crate::PutFeaturesRequest),
+    PutFeaturesResponse(crate::PutFeaturesResponse),
+    GetFeatures(crate::GetFeaturesRequest),
+    GetFeaturesResponse(crate::GetFeaturesResponse),
+    /// FEEDBACK and its response: messages not defined yet.
     Reserved {
         opcode: Opcode,
         meta: &'a [u8],
@@ -335,10 +341,15 @@ pub fn decode_payload_with<'a>(
         Opcode::Health => Payload::Health(decode_message(header, body)?),
         Opcode::HealthResponse => Payload::HealthResponse(decode_message(header, body)?),
         Opcode::Error => Payload::Error(decode_message(header, body)?),
-        opcode @ (Opcode::PredictByEntity
-        | Opcode::Feedback
-        | Opcode::PredictByEntityResponse
-        | Opcode::FeedbackResponse) => {
+        Opcode::PredictByEntity => Payload::PredictByEntity(decode_message(header, body)?),
+        Opcode::PredictByEntityResponse => Payload::PredictByEntityResponse(
+            crate::decode_predict_by_entity_response(header, body, limits)?,
+        ),
+        Opcode::PutFeatures => Payload::PutFeatures(decode_message(header, body)?),
+        Opcode::PutFeaturesResponse => Payload::PutFeaturesResponse(decode_message(header, body)?),
+        Opcode::GetFeatures => Payload::GetFeatures(decode_message(header, body)?),
+        Opcode::GetFeaturesResponse => Payload::GetFeaturesResponse(decode_message(header, body)?),
+        opcode @ (Opcode::Feedback | Opcode::FeedbackResponse) => {
             let (meta, data) = split_body(header, body)?;
             Payload::Reserved { opcode, meta, data }
         }
@@ -459,7 +470,7 @@ pub fn layout_tensors(
     Ok(end)
 }
 
-fn append_tensor_data(tensors: &[TensorView<'_>], out: &mut Vec<u8>) {
+pub(crate) fn append_tensor_data(tensors: &[TensorView<'_>], out: &mut Vec<u8>) {
     let last = tensors.len().saturating_sub(1);
     for (i, t) in tensors.iter().enumerate() {
         out.extend_from_slice(t.data);

@@ -27,21 +27,27 @@ pub enum Opcode {
     Predict = 0x02,
     Metadata = 0x03,
     Health = 0x04,
-    /// Reserved for the feature-cache issue: answered with NOT_IMPLEMENTED for now.
+    /// Predict from entity keys: the server assembles the features (docs/features.md).
     PredictByEntity = 0x05,
-    /// Reserved for the telemetry issue: answered with NOT_IMPLEMENTED for now.
+    /// The true label of a logged prediction (online accuracy).
     Feedback = 0x06,
+    /// Write feature rows into the server's feature store.
+    PutFeatures = 0x07,
+    /// Read feature rows from the server's feature store.
+    GetFeatures = 0x08,
     HelloResponse = 0x81,
     PredictResponse = 0x82,
     MetadataResponse = 0x83,
     HealthResponse = 0x84,
     PredictByEntityResponse = 0x85,
     FeedbackResponse = 0x86,
+    PutFeaturesResponse = 0x87,
+    GetFeaturesResponse = 0x88,
     Error = 0xFF,
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 13] = [
+    pub const ALL: [Opcode; 17] = [
         Opcode::Hello,
         Opcode::Predict,
         Opcode::Metadata,
@@ -55,6 +61,10 @@ impl Opcode {
         Opcode::PredictByEntityResponse,
         Opcode::FeedbackResponse,
         Opcode::Error,
+        Opcode::PutFeatures,
+        Opcode::GetFeatures,
+        Opcode::PutFeaturesResponse,
+        Opcode::GetFeaturesResponse,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Opcode> {
@@ -71,6 +81,10 @@ impl Opcode {
             0x84 => Opcode::HealthResponse,
             0x85 => Opcode::PredictByEntityResponse,
             0x86 => Opcode::FeedbackResponse,
+            0x07 => Opcode::PutFeatures,
+            0x08 => Opcode::GetFeatures,
+            0x87 => Opcode::PutFeaturesResponse,
+            0x88 => Opcode::GetFeaturesResponse,
             0xFF => Opcode::Error,
             _ => return None,
         })
@@ -89,6 +103,8 @@ impl Opcode {
             Opcode::Health => Some(Opcode::HealthResponse),
             Opcode::PredictByEntity => Some(Opcode::PredictByEntityResponse),
             Opcode::Feedback => Some(Opcode::FeedbackResponse),
+            Opcode::PutFeatures => Some(Opcode::PutFeaturesResponse),
+            Opcode::GetFeatures => Some(Opcode::GetFeaturesResponse),
             _ => None,
         }
     }
@@ -98,14 +114,11 @@ impl Opcode {
     }
 
     /// Opcodes whose messages are not defined yet (their issues fill them in).
+    /// None in v1 today: every opcode of §3 has its messages (kept so that a future
+    /// reservation has its place).
     pub const fn is_reserved(self) -> bool {
-        matches!(
-            self,
-            Opcode::PredictByEntity
-                | Opcode::Feedback
-                | Opcode::PredictByEntityResponse
-                | Opcode::FeedbackResponse
-        )
+        let _ = self;
+        false
     }
 
     pub const fn name(self) -> &'static str {
@@ -122,6 +135,10 @@ impl Opcode {
             Opcode::HealthResponse => "HEALTH_RESPONSE",
             Opcode::PredictByEntityResponse => "PREDICT_BY_ENTITY_RESPONSE",
             Opcode::FeedbackResponse => "FEEDBACK_RESPONSE",
+            Opcode::PutFeatures => "PUT_FEATURES",
+            Opcode::GetFeatures => "GET_FEATURES",
+            Opcode::PutFeaturesResponse => "PUT_FEATURES_RESPONSE",
+            Opcode::GetFeaturesResponse => "GET_FEATURES_RESPONSE",
             Opcode::Error => "ERROR",
         }
     }

@@ -11,12 +11,20 @@
 compile_error!("edgeinfer-proto assumes a little-endian host");
 
 mod error;
+mod features;
 mod frame;
 mod header;
 mod msg;
 mod tensor;
 
 pub use error::{ErrorCode, ProtoError, TensorProblem};
+pub use features::{
+    decode_predict_by_entity_response, encode_predict_by_entity_response,
+    encode_predict_by_entity_response_head, EntityRowReport, FeatureOverride, FeatureRowMsg,
+    FeatureValue, GetFeaturesRequest, GetFeaturesResponse, PredictByEntityRequest,
+    PredictByEntityResponse, PredictByEntityResponseView, PutFeaturesRequest, PutFeaturesResponse,
+    StoredFeatures,
+};
 pub use frame::{
     decode_frame, decode_frame_with, decode_message, decode_payload, decode_payload_with,
     decode_predict, decode_predict_response, decode_predict_response_with, decode_predict_with,

@@ -482,12 +482,12 @@ fn limits_are_inclusive_and_configurable() {
 #[test]
 fn unknown_opcode_keeps_framing() {
     let h = Header {
-        opcode: 0x07,
+        opcode: 0x09,
         ..Header::new(Opcode::Health, 11, 0, 0)
     };
     let h = Header::decode(&h.to_bytes()).expect("an unknown opcode is not a header error");
     let e = decode_payload(&h, &[]).unwrap_err();
-    assert_eq!(e, ProtoError::UnknownOpcode(7));
+    assert_eq!(e, ProtoError::UnknownOpcode(9));
     assert_eq!(e.kind(), ErrorCode::UnknownOpcode);
     assert!(!e.closes_connection());
 }
@@ -789,6 +789,7 @@ fn codes_opcodes_and_dtypes_are_stable() {
             (12, "SHUTTING_DOWN"),
             (13, "TOO_MANY_IN_FLIGHT"),
             (14, "UNAUTHENTICATED"),
+            (15, "FEATURE_STORE"),
         ]
     );
     for c in ErrorCode::ALL {

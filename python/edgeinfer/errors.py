@@ -133,11 +133,17 @@ class Unauthenticated(ServerError):
     pass
 
 
+@_code(15, "FEATURE_STORE")
+class FeatureStore(ServerError):
+    """The server's feature store failed (map full: nothing written; reads go on)."""
+
+
 ERRORS: dict[int, type[ServerError]] = {
     cls.code: cls
     for cls in (BadFrame, UnsupportedVersion, UnknownOpcode, UnknownModel, BadInput,
                 Overloaded, DeadlineExceeded, FrameTooLarge, Internal, NotReady,
-                NotImplementedByServer, ShuttingDown, TooManyInFlight, Unauthenticated)
+                NotImplementedByServer, ShuttingDown, TooManyInFlight, Unauthenticated,
+                FeatureStore)
 }
 
 

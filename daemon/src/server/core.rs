@@ -95,6 +95,8 @@ pub(crate) struct JobParts {
     pub model: Rc<CoreModel>,
     pub arrived: Instant,
     pub deadline: Option<Instant>,
+    /// PREDICT_BY_ENTITY: the assembled feature input (the frame holds no tensor data).
+    pub entity: Option<Box<super::entity::EntityJob>>,
 }
 
 /// An admitted PREDICT waiting to run: the frame bytes stay where they were read.
@@ -107,6 +109,9 @@ pub(crate) struct Job {
 impl Job {
     /// Model input `i` as a view into the frame (no copy).
     fn input(&self, i: usize) -> TensorView<'_> {
+        if let Some(e) = &self.p.entity {
+            return e.input();
+        }
         let m = &self.p.request.inputs[self.p.order[i] as usize];
         let start = self.p.data_offset + m.offset as usize;
         TensorView {
@@ -295,7 +300,7 @@ pub(crate) struct Core {
     /// The executor alternates between batches and lanes; true = a lane's turn next.
     lane_turn: Cell<bool>,
     /// Jobs waiting: in the queue plus in forming batches.
-    waiting: Cell<usize>,
+    pub(super) waiting: Cell<usize>,
     exec_wake: Notify,
     responses: RefCell<Vec<Response>>,
     meta: RefCell<PredictResponse>,
@@ -374,7 +379,7 @@ impl Core {
         cache.generation = Some(snap.generation);
     }
 
-    fn resolve(
+    pub(super) fn resolve(
         &self,
         model: &str,
         pin: Option<&str>,
@@ -432,7 +437,7 @@ impl Core {
         r
     }
 
-    fn message_response<M: proto::prost::Message>(
+    pub(super) fn message_response<M: proto::prost::Message>(
         &self,
         op: Opcode,
         request_id: u64,
@@ -525,6 +530,12 @@ impl Core {
             Some(Opcode::Health) => decode_message::<proto::HealthRequest>(header, body)
                 .map_err(|e| Refusal::new(e.kind(), e.to_string()))
                 .map(|_| self.message_response(Opcode::HealthResponse, id, &self.health())),
+            Some(Opcode::PredictByEntity) => {
+                return super::entity::admit(self, conn, header, body, now)
+            }
+            Some(Opcode::PutFeatures) => return super::entity::put(self, conn, header, body),
+            Some(Opcode::GetFeatures) => super::entity::get(header, body)
+                .map(|msg| self.message_response(Opcode::GetFeaturesResponse, id, &msg)),
             Some(op) if op.is_reserved() && op.is_request() => Err(Refusal::new(
                 ErrorCode::NotImplemented,
                 format!("{op} is reserved in protocol v1 and not implemented by this server yet"),
@@ -792,6 +803,7 @@ impl Core {
             model,
             arrived: now,
             deadline,
+            entity: None,
         }))
     }
 
@@ -1119,8 +1131,16 @@ impl Core {
                 }
             }
             if ok {
-                encode_predict_response_head(job.p.request_id, &mut meta, &views, &mut r.head)
-                    .map_err(|e| e.to_string())
+                match &job.p.entity {
+                    Some(e) => e.encode_head(job.p.request_id, &meta, &views, &mut r.head),
+                    None => encode_predict_response_head(
+                        job.p.request_id,
+                        &mut meta,
+                        &views,
+                        &mut r.head,
+                    ),
+                }
+                .map_err(|e| e.to_string())
             } else {
                 Err("an output has no dtype".to_owned())
             }
@@ -1210,7 +1230,7 @@ fn same_trailing_dims(a: &Job, b: &Job) -> bool {
     (0..a.p.order.len()).all(|i| a.input(i).shape.get(1..) == b.input(i).shape.get(1..))
 }
 
-fn outcome_of(code: ErrorCode) -> Outcome {
+pub(super) fn outcome_of(code: ErrorCode) -> Outcome {
     match code {
         ErrorCode::Overloaded | ErrorCode::TooManyInFlight => Outcome::Overloaded,
         ErrorCode::DeadlineExceeded => Outcome::DeadlineExceeded,

@@ -11,6 +11,7 @@
 mod buf;
 mod conn;
 mod core;
+pub mod entity;
 mod listen;
 mod notify;
 mod response;

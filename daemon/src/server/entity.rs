@@ -1,0 +1,707 @@
+//! The daemon's side of the feature cache: PREDICT_BY_ENTITY (assemble the model's feature
+//! rows from the store on the core, then run like a PREDICT), GET_FEATURES (a read on the
+//! core) and PUT_FEATURES (a write on the `features-writer` thread, so a commit's fsync
+//! never holds a core), plus the store's `/metrics` lines.
+//!
+//! The store is opened once, by [`start`], before the cores: the map size from `[cache]`,
+//! `max_readers` sized to the cores, read transactions without TLS, stale readers cleared.
+//! Each model's feature schema comes from its config (`[models.features]`, the same
+//! [`FeatureSchema`] the signed bundle will carry) and is bound to the store here.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use edgeinfer_engine::{validate_inputs, DType, Dim, TensorView};
+use edgeinfer_features::housekeeping::{self, Expiry};
+use edgeinfer_features::mqtt::Subscriber;
+use edgeinfer_features::update::{self, NamedUpdate, MAX_PAYLOAD_ROWS};
+use edgeinfer_features::{
+    Assembler, CacheConfig, ErrorKind, FeatureError, FeatureSchema, FeatureStore, RowReport,
+    StoreOptions,
+};
+use edgeinfer_proto::{
+    self as proto, decode_message, encode_predict_by_entity_response_head, EntityRowReport,
+    ErrorCode, FeatureValue, GetFeaturesRequest, GetFeaturesResponse, Header, Opcode,
+    PredictByEntityRequest, PredictByEntityResponse, PredictRequest, PredictResponse,
+    PutFeaturesRequest, PutFeaturesResponse, StoredFeatures,
+};
+use monoio::io::AsyncReadRent;
+use smallvec::SmallVec;
+
+use super::conn::Conn;
+use super::core::{outcome_of, Core, FrameAction, JobParts, Refusal};
+use crate::config::Config;
+use crate::model_table::{ModelTable, ModelVersion};
+
+/// PUT_FEATURES waiting for the writer; more are refused with OVERLOADED.
+const WRITE_QUEUE: usize = 64;
+
+/// The process's feature cache, set once by [`start`]; unset = `cache.enabled = false`.
+static FEATURES: OnceLock<Features> = OnceLock::new();
+
+/// The opened store, the models' assemblers and the writer.
+pub struct Features {
+    store: FeatureStore,
+    /// By model name, then version.
+    assemblers: HashMap<String, HashMap<String, Arc<Assembler>>>,
+    writer: Mutex<SyncSender<WriteJob>>,
+    max_key_bytes: usize,
+    _expiry: Option<Expiry>,
+    _mqtt: Option<Subscriber>,
+}
+
+/// What a PREDICT_BY_ENTITY job carries instead of tensor bytes in its frame.
+pub(crate) struct EntityJob {
+    /// The assembled `[rows, width]` f32 matrix.
+    values: Vec<f32>,
+    shape: [usize; 2],
+    reports: Vec<RowReport>,
+    schema_version: u32,
+}
+
+impl EntityJob {
+    /// The feature input, as the engine takes it.
+    pub fn input(&self) -> TensorView<'_> {
+        TensorView {
+            dtype: DType::F32,
+            shape: &self.shape,
+            data: bytemuck::cast_slice(&self.values),
+        }
+    }
+
+    /// The PREDICT_BY_ENTITY_RESPONSE head around `meta` (the PREDICT_RESPONSE the core
+    /// filled) and this job's row reports.
+    pub fn encode_head(
+        &self,
+        request_id: u64,
+        meta: &PredictResponse,
+        outputs: &[proto::TensorView<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<u64, proto::ProtoError> {
+        let mut msg = PredictByEntityResponse {
+            prediction: Some(meta.clone()),
+            rows: self
+                .reports
+                .iter()
+                .map(|r| EntityRowReport {
+                    found: r.found,
+                    version_mismatch: r.version_mismatch,
+                    defaulted: r.defaulted.clone(),
+                    stale: r.stale.clone(),
+                    event_ts_ms: r.event_ts_ms,
+                })
+                .collect(),
+            schema_version: self.schema_version,
+        };
+        encode_predict_by_entity_response_head(request_id, &mut msg, outputs, out)
+    }
+}
+
+/// One PUT_FEATURES for the writer thread; the answer goes back through `done` and a byte
+/// on `wake`, which the core's task awaits.
+struct WriteJob {
+    updates: Vec<NamedUpdate>,
+    done: Arc<Mutex<Option<Result<PutFeaturesResponse, FeatureError>>>>,
+    wake: StdUnixStream,
+}
+
+/// Opens the store and binds every configured model's feature schema; a no-op when
+/// `cache.enabled = false`. Call once, before the cores start.
+pub fn start(cfg: &Config, table: &ModelTable, cores: usize) -> anyhow::Result<()> {
+    let c = &cfg.cache;
+    if !c.enabled {
+        return Ok(());
+    }
+    let features = open(cfg, c, cores)?;
+    for v in table.snapshot().versions() {
+        features.check_model(v)?;
+    }
+    FEATURES
+        .set(features)
+        .map_err(|_| anyhow::anyhow!("the feature store is already open in this process"))
+}
+
+fn open(cfg: &Config, c: &CacheConfig, cores: usize) -> anyhow::Result<Features> {
+    let path = c.path_in(&cfg.state_dir);
+    let mut opts = StoreOptions::new(&path, c.max_bytes, cores);
+    opts.max_key_bytes = c.max_key_bytes as usize;
+    let store = FeatureStore::open(&opts)
+        .with_context(|| format!("opening the feature store at {}", path.display()))?;
+    if store.stale_readers_cleared > 0 {
+        tracing::info!(
+            cleared = store.stale_readers_cleared,
+            "cleared stale feature-store readers"
+        );
+    }
+    let mut assemblers: HashMap<String, HashMap<String, Arc<Assembler>>> = HashMap::new();
+    for m in &cfg.models {
+        let Some(schema) = &m.features else { continue };
+        let a = Assembler::new(&store, schema_of(schema))
+            .with_context(|| format!("models.{}.features", m.name))?;
+        assemblers
+            .entry(m.name.clone())
+            .or_default()
+            .insert(m.version.clone(), Arc::new(a));
+    }
+    let (tx, rx) = mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
+    let writer_store = store.clone();
+    std::thread::Builder::new()
+        .name("features-writer".into())
+        .spawn(move || {
+            for mut job in rx {
+                let result =
+                    update::apply(&writer_store, &job.updates).map(|o| PutFeaturesResponse {
+                        written: o.written,
+                        skipped_older: o.skipped_older,
+                    });
+                *job.done.lock().expect("poisoned") = Some(result);
+                // The core may be gone (shutdown): nobody to wake.
+                let _ = job.wake.write_all(&[1]);
+            }
+        })
+        .context("starting the features-writer thread")?;
+    let expiry = (c.ttl_s > 0)
+        .then(|| {
+            Expiry::spawn(
+                store.clone(),
+                Duration::from_secs(c.ttl_s),
+                Duration::from_secs(c.expiry_interval_s),
+                c.expiry_batch as usize,
+                housekeeping::system_clock,
+            )
+        })
+        .transpose()?;
+    let mqtt = c
+        .mqtt
+        .clone()
+        .map(|m| Subscriber::spawn(store.clone(), m))
+        .transpose()?;
+    Ok(Features {
+        store,
+        assemblers,
+        writer: Mutex::new(tx),
+        max_key_bytes: c.max_key_bytes as usize,
+        _expiry: expiry,
+        _mqtt: mqtt,
+    })
+}
+
+/// The schema as the features crate takes it. Today the model config holds that very type;
+/// when the signed bundle carries the schema, its type is converted here, so the features
+/// crate never depends on registry-sync.
+fn schema_of(s: &FeatureSchema) -> FeatureSchema {
+    s.clone()
+}
+
+impl Features {
+    /// Checks at startup that a model can be fed by its schema: the feature input is the
+    /// model's only input, f32, `[rows, width]`.
+    fn check_model(&self, v: &ModelVersion) -> anyhow::Result<()> {
+        let Some(a) = self.assembler(&v.name, &v.version) else {
+            return Ok(());
+        };
+        let info = &v.model.info;
+        let want = a.schema().input.as_deref();
+        let ok = match (info.inputs.as_slice(), want) {
+            ([only], None) => Some(only),
+            ([only], Some(n)) if only.name == n => Some(only),
+            _ => None,
+        };
+        let Some(spec) = ok else {
+            anyhow::bail!(
+                "model {:?} version {:?}: PREDICT_BY_ENTITY needs the feature input to be the \
+             model's only input (the model has {:?}, the schema names {:?})",
+                v.name,
+                v.version,
+                info.inputs.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                want
+            );
+        };
+        let width_ok = match spec.shape.as_slice() {
+            [_, Dim::Fixed(w)] => *w == a.width(),
+            [_, Dim::Dynamic] => true,
+            _ => false,
+        };
+        anyhow::ensure!(
+            spec.dtype == DType::F32 && width_ok,
+            "model {:?} version {:?}: input {:?} is {} {:?}; its feature schema assembles f32 \
+         [rows, {}]",
+            v.name,
+            v.version,
+            spec.name,
+            spec.dtype,
+            spec.shape,
+            a.width()
+        );
+        Ok(())
+    }
+    fn assembler(&self, model: &str, version: &str) -> Option<&Arc<Assembler>> {
+        self.assemblers.get(model)?.get(version)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
+        if key.is_empty() {
+            return Err(Refusal::new(ErrorCode::BadInput, "an entity key is empty"));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Refusal::new(
+                ErrorCode::BadInput,
+                format!(
+                    "an entity key of {} bytes; at most {} are accepted (cache.max_key_bytes)",
+                    key.len(),
+                    self.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The wire code for a store error: the request's fault, or the store's.
+fn refusal_of(e: &FeatureError) -> Refusal {
+    let code = match e.kind() {
+        ErrorKind::Schema | ErrorKind::InvalidValue | ErrorKind::Oversized => ErrorCode::BadInput,
+        ErrorKind::Malformed
+        | ErrorKind::MapFull
+        | ErrorKind::Config
+        | ErrorKind::Io
+        | ErrorKind::Store => ErrorCode::FeatureStore,
+    };
+    Refusal::new(code, e.to_string())
+}
+
+fn features() -> Result<&'static Features, Refusal> {
+    FEATURES.get().ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::NotImplemented,
+            "this server has no feature store (cache.enabled = false)",
+        )
+    })
+}
+
+fn now_ms() -> i64 {
+    housekeeping::system_clock()
+}
+
+// === PREDICT_BY_ENTITY ===
+
+/// Admits a PREDICT_BY_ENTITY: the rows are assembled now, on the core, inside one short
+/// read transaction; the job then queues and runs like a PREDICT.
+pub(crate) fn admit(
+    core: &Core,
+    conn: &Rc<Conn>,
+    header: &Header,
+    body: &[u8],
+    now: Instant,
+) -> FrameAction {
+    match check(core, conn, header, body, now) {
+        Ok(parts) => FrameAction::Admit(parts),
+        Err((r, version)) => {
+            if let Some(v) = version {
+                v.stats.record(outcome_of(r.code));
+            }
+            conn.push(core.error_response(header.request_id, r.code, &r.message));
+            FrameAction::Done
+        }
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn check(
+    core: &Core,
+    conn: &Conn,
+    header: &Header,
+    body: &[u8],
+    now: Instant,
+) -> Result<Box<JobParts>, (Refusal, Option<Arc<ModelVersion>>)> {
+    let limits = &core.opts().limits;
+    if core.shutting_down.get() {
+        let r = Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down");
+        return Err((r, None));
+    }
+    if conn.in_flight() >= limits.max_in_flight as usize {
+        let msg = format!(
+            "more than {} requests in flight on this connection",
+            limits.max_in_flight
+        );
+        return Err((Refusal::new(ErrorCode::TooManyInFlight, msg), None));
+    }
+    let f = features().map_err(|r| (r, None))?;
+    let req = decode_message::<PredictByEntityRequest>(header, body)
+        .map_err(|e| (Refusal::new(e.kind(), e.to_string()), None))?;
+    let model = core
+        .resolve(&req.model, req.version.as_deref(), &req.routing_key)
+        .map_err(|r| (r, None))?;
+    let v = &model.version;
+    let fail = |r: Refusal| (r, Some(v.clone()));
+    let bad = |msg: String| fail(Refusal::new(ErrorCode::BadInput, msg));
+    if !v.is_ready() {
+        return Err(fail(Refusal::new(
+            ErrorCode::NotReady,
+            format!(
+                "model {:?} version {:?} is still loading",
+                v.name, v.version
+            ),
+        )));
+    }
+    let Some(a) = f.assembler(&v.name, &v.version) else {
+        return Err(bad(format!(
+            "model {:?} version {:?} has no feature schema ([models.features]): predict it by \
+             tensor",
+            v.name, v.version
+        )));
+    };
+    let schema = a.schema();
+    if req.schema_version != 0 && req.schema_version != schema.version {
+        return Err(bad(format!(
+            "the request expects feature schema version {}; model {:?} version {:?} uses {}",
+            req.schema_version, v.name, v.version, schema.version
+        )));
+    }
+    let rows = req.keys.len();
+    let max_rows = core.opts().max_request_rows;
+    if rows == 0 {
+        return Err(bad("PREDICT_BY_ENTITY needs at least one entity key".into()));
+    }
+    if rows as u64 > max_rows {
+        return Err(bad(format!(
+            "{rows} entity keys; this server runs at most {max_rows} rows per request \
+             (server.max_request_rows): split it into several requests"
+        )));
+    }
+    for k in &req.keys {
+        f.check_key(k).map_err(fail)?;
+    }
+    let mut overrides = Vec::with_capacity(req.overrides.len());
+    for o in &req.overrides {
+        if o.row as usize >= rows {
+            return Err(bad(format!(
+                "an override names row {} of a request with {rows} keys",
+                o.row
+            )));
+        }
+        let o = a
+            .override_by_name(o.row as usize, &o.feature, o.value)
+            .map_err(|e| fail(refusal_of(&e)))?;
+        overrides.push(o);
+    }
+    let info = &v.model.info;
+    let mut sel: SmallVec<[u8; 8]> = SmallVec::new();
+    if req.outputs.is_empty() {
+        sel.extend((0..info.outputs.len()).map(|i| i as u8));
+    } else {
+        for name in &req.outputs {
+            match info.outputs.iter().position(|s| &s.name == name) {
+                Some(k) => sel.push(k as u8),
+                None => return Err(bad(format!("model {:?} has no output {name:?}", v.name))),
+            }
+        }
+    }
+    if core.waiting.get() >= core.opts().queue_depth {
+        let msg = format!(
+            "this core's queue is full ({} requests waiting)",
+            core.waiting.get()
+        );
+        return Err(fail(Refusal::new(ErrorCode::Overloaded, msg)));
+    }
+    // Assembly: one read transaction, never blocked by writers (LMDB readers do not wait).
+    let keys: SmallVec<[&[u8]; 8]> = req.keys.iter().map(Vec::as_slice).collect();
+    let mut job = EntityJob {
+        values: Vec::new(),
+        shape: [rows, a.width()],
+        reports: Vec::new(),
+        schema_version: schema.version,
+    };
+    {
+        let txn = f.store.read_txn().map_err(|e| fail(refusal_of(&e)))?;
+        a.assemble(
+            &f.store,
+            &txn,
+            &keys,
+            &overrides,
+            now_ms(),
+            &mut job.values,
+            &mut job.reports,
+        )
+        .map_err(|e| fail(refusal_of(&e)))?;
+    }
+    // The NaN policy is the engine's: a schema may allow NaN that the engine refuses.
+    validate_inputs(info, &[job.input()], true).map_err(|e| bad(e.message))?;
+    let deadline = (req.deadline_us > 0).then(|| now + Duration::from_micros(req.deadline_us));
+    Ok(Box::new(JobParts {
+        request_id: header.request_id,
+        data_offset: 0,
+        request: PredictRequest {
+            model: req.model,
+            version: req.version,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            deadline_us: req.deadline_us,
+            routing_key: req.routing_key,
+        },
+        order: SmallVec::from_slice(&[0]),
+        sel,
+        rows,
+        model,
+        arrived: now,
+        deadline,
+        entity: Some(Box::new(job)),
+    }))
+}
+
+// === GET_FEATURES ===
+
+/// GET_FEATURES: the stored rows, by feature name, read on the core.
+pub(crate) fn get(header: &Header, body: &[u8]) -> Result<GetFeaturesResponse, Refusal> {
+    let f = features()?;
+    let req = decode_message::<GetFeaturesRequest>(header, body)
+        .map_err(|e| Refusal::new(e.kind(), e.to_string()))?;
+    if req.entities.len() > MAX_PAYLOAD_ROWS {
+        return Err(Refusal::new(
+            ErrorCode::BadInput,
+            format!(
+                "{} entities in one GET_FEATURES; at most {MAX_PAYLOAD_ROWS}",
+                req.entities.len()
+            ),
+        ));
+    }
+    for k in &req.entities {
+        f.check_key(k)?;
+    }
+    let txn = f.store.read_txn().map_err(|e| refusal_of(&e))?;
+    let mut rows = Vec::with_capacity(req.entities.len());
+    for k in &req.entities {
+        let row = f.store.get(&txn, k).map_err(|e| refusal_of(&e))?;
+        rows.push(match row {
+            None => StoredFeatures::default(),
+            Some(r) => {
+                let layout = f.store.schema(r.schema_version);
+                let values = (0..r.len())
+                    .filter_map(|i| {
+                        let value = r.get(i)?;
+                        let name = layout
+                            .as_ref()
+                            .and_then(|s| s.fields.get(i))
+                            .map_or_else(|| format!("#{i}"), |fs| fs.name.clone());
+                        Some(FeatureValue { name, value })
+                    })
+                    .collect();
+                StoredFeatures {
+                    found: true,
+                    event_ts_ms: r.event_ts_ms,
+                    schema_version: r.schema_version,
+                    values,
+                }
+            }
+        });
+    }
+    Ok(GetFeaturesResponse { rows })
+}
+
+// === PUT_FEATURES ===
+
+/// PUT_FEATURES: checked for shape here, validated and written on the writer thread (one
+/// transaction, all or nothing); the answer is pushed when the commit is done, and the core
+/// serves other requests meanwhile. Counted in flight like a PREDICT.
+pub(crate) fn put(core: &Core, conn: &Rc<Conn>, header: &Header, body: &[u8]) -> FrameAction {
+    let id = header.request_id;
+    match send_put(conn, header, body) {
+        Ok(wake) => {
+            conn.job_started();
+            let conn = conn.clone();
+            monoio::spawn(async move { finish_put(conn, id, wake).await });
+        }
+        Err(r) => conn.push(core.error_response(id, r.code, &r.message)),
+    }
+    FrameAction::Done
+}
+
+type Slot = Arc<Mutex<Option<Result<PutFeaturesResponse, FeatureError>>>>;
+
+fn send_put(
+    conn: &Conn,
+    header: &Header,
+    body: &[u8],
+) -> Result<(monoio::net::UnixStream, Slot), Refusal> {
+    let f = features()?;
+    let limits = &conn.core.opts().limits;
+    if conn.in_flight() >= limits.max_in_flight as usize {
+        return Err(Refusal::new(
+            ErrorCode::TooManyInFlight,
+            format!(
+                "more than {} requests in flight on this connection",
+                limits.max_in_flight
+            ),
+        ));
+    }
+    let req = decode_message::<PutFeaturesRequest>(header, body)
+        .map_err(|e| Refusal::new(e.kind(), e.to_string()))?;
+    if req.rows.len() > MAX_PAYLOAD_ROWS {
+        return Err(Refusal::new(
+            ErrorCode::BadInput,
+            format!(
+                "{} rows in one PUT_FEATURES; at most {MAX_PAYLOAD_ROWS}",
+                req.rows.len()
+            ),
+        ));
+    }
+    let schema_version = req.schema_version;
+    let mut updates = Vec::with_capacity(req.rows.len());
+    for r in req.rows {
+        f.check_key(&r.entity)?;
+        updates.push(NamedUpdate {
+            key: r.entity,
+            event_ts_ms: r.event_ts_ms,
+            schema_version,
+            values: r.values.into_iter().map(|v| (v.name, v.value)).collect(),
+        });
+    }
+    let internal = |e: std::io::Error| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("a wake socket for PUT_FEATURES: {e}"),
+        )
+    };
+    let (ours, theirs) = StdUnixStream::pair().map_err(internal)?;
+    ours.set_nonblocking(true).map_err(internal)?;
+    let ours = monoio::net::UnixStream::from_std(ours).map_err(internal)?;
+    let done: Slot = Arc::new(Mutex::new(None));
+    let job = WriteJob {
+        updates,
+        done: done.clone(),
+        wake: theirs,
+    };
+    match f.writer.lock().expect("poisoned").try_send(job) {
+        Ok(()) => Ok((ours, done)),
+        Err(TrySendError::Full(_)) => Err(Refusal::new(
+            ErrorCode::Overloaded,
+            format!("{WRITE_QUEUE} feature writes are already waiting"),
+        )),
+        Err(TrySendError::Disconnected(_)) => Err(Refusal::new(
+            ErrorCode::FeatureStore,
+            "the feature writer has stopped",
+        )),
+    }
+}
+
+async fn finish_put(conn: Rc<Conn>, id: u64, (mut wake, done): (monoio::net::UnixStream, Slot)) {
+    // One byte (or EOF if the writer died) says the slot is filled.
+    let _ = wake.read(vec![0u8; 1]).await;
+    let result = done.lock().expect("poisoned").take();
+    let core = conn.core.clone();
+    let r = match result {
+        Some(Ok(msg)) => core.message_response(Opcode::PutFeaturesResponse, id, &msg),
+        Some(Err(e)) => {
+            let r = refusal_of(&e);
+            core.error_response(id, r.code, &r.message)
+        }
+        None => core.error_response(id, ErrorCode::Internal, "the feature writer stopped"),
+    };
+    conn.push(r);
+    conn.job_finished();
+}
+
+// === metrics ===
+
+/// The store's lines for `/metrics`; nothing when the store is not enabled.
+pub fn render_metrics(out: &mut String) {
+    let Some(f) = FEATURES.get() else { return };
+    let m = f.store.metrics();
+    for (name, help, v) in [
+        (
+            "edgeinfer_features_lookups_total",
+            "Entity rows assembled for PREDICT_BY_ENTITY.",
+            &m.lookups,
+        ),
+        (
+            "edgeinfer_features_missing_entity_total",
+            "Entities not in the store (every feature defaulted).",
+            &m.missing_entity,
+        ),
+        (
+            "edgeinfer_features_missing_feature_total",
+            "Features absent from a stored row (defaulted).",
+            &m.missing_feature,
+        ),
+        (
+            "edgeinfer_features_stale_total",
+            "Feature values older than their max age (served per the stale policy).",
+            &m.stale,
+        ),
+        (
+            "edgeinfer_features_version_mismatch_total",
+            "Stored rows of another schema version (every feature defaulted).",
+            &m.version_mismatch,
+        ),
+        (
+            "edgeinfer_features_map_full_total",
+            "Writes refused because the LMDB map is full.",
+            &m.map_full,
+        ),
+        (
+            "edgeinfer_features_rows_written_total",
+            "Feature rows written (import, MQTT, PUT_FEATURES).",
+            &m.rows_written,
+        ),
+        (
+            "edgeinfer_features_rows_rejected_total",
+            "Feature rows refused as invalid.",
+            &m.rows_rejected,
+        ),
+        (
+            "edgeinfer_features_rows_expired_total",
+            "Feature rows deleted by TTL expiry.",
+            &m.rows_expired,
+        ),
+        (
+            "edgeinfer_features_mqtt_messages_total",
+            "MQTT feature-update messages received.",
+            &m.mqtt_messages,
+        ),
+        (
+            "edgeinfer_features_mqtt_bad_payloads_total",
+            "MQTT feature-update messages refused as bad.",
+            &m.mqtt_bad_payloads,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
+    if let Ok(s) = f.store.stats() {
+        for (name, help, v) in [
+            (
+                "edgeinfer_features_entities",
+                "Entities in the feature store.",
+                s.entities as f64,
+            ),
+            (
+                "edgeinfer_features_map_size_bytes",
+                "The LMDB map size (cache.max_bytes).",
+                s.map_size as f64,
+            ),
+            (
+                "edgeinfer_features_used_bytes",
+                "Bytes of the LMDB map in use.",
+                s.used_bytes as f64,
+            ),
+            (
+                "edgeinfer_features_fill_ratio",
+                "Used bytes over the map size.",
+                s.fill_ratio,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    }
+}
