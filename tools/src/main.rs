@@ -6,6 +6,7 @@
 mod client_cmds;
 mod engine_cmds;
 mod features_cmds;
+mod release_cmds;
 mod tuf_cmds;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,9 @@ enum Command {
     Tuf(tuf_cmds::TufArgs),
     /// The LMDB feature store: import CSV/Parquet, get an entity, stats, backup.
     Features(features_cmds::FeaturesArgs),
+    /// Releases: keys gen, repo init, root rotate, release create|sign|status|publish, verify.
+    #[command(flatten)]
+    Release(release_cmds::Commands),
 }
 
 fn main() {
@@ -52,6 +56,7 @@ fn main() {
         Command::EchoServer(a) => client_cmds::echo_server(a),
         Command::Tuf(a) => tuf_cmds::tuf(a),
         Command::Features(a) => features_cmds::features(a),
+        Command::Release(c) => release_cmds::run(c),
     };
     if let Err(err) = result {
         if is_broken_pipe(&err) {

@@ -159,7 +159,8 @@ fn invalid(m: impl Into<String>) -> ReleaseError {
     ReleaseError::new(K::Invalid, m)
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+/// Lower-case hex sha256 (as target hashes are written).
+pub fn sha256_hex(data: &[u8]) -> String {
     hex_encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
