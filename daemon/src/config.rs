@@ -39,7 +39,6 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
-    pub rollout: RolloutConfig,
 }
 
 /// The binary-protocol listeners and the data path's limits.
@@ -109,8 +108,8 @@ pub struct EngineConfig {
     pub allow_non_finite: bool,
 }
 
-/// One model version to serve. (Not `Eq`: a feature schema holds f64 defaults.)
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One model version to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Name clients ask for: letters, digits, `_`, `-`, `.`.
@@ -131,10 +130,6 @@ pub struct ModelConfig {
     /// Dynamic batching: longest a request waits for company.
     #[serde(default = "default_max_delay_us")]
     pub max_delay_us: u64,
-    /// The model's feature schema for PREDICT_BY_ENTITY (docs/features.md); until the signed
-    /// bundle carries it, it is read from here.
-    #[serde(default)]
-    pub features: Option<edgeinfer_features::FeatureSchema>,
 }
 
 fn default_version() -> String {
@@ -144,26 +139,23 @@ fn default_max_delay_us() -> u64 {
     500
 }
 
-/// Signed model registry sync (its own issue; parsed and validated now, not active).
+/// `[registry]`: owned (type, defaults, validation) by the registry crate's pull agent
+/// (docs/registry.md).
+pub use edgeinfer_registry::agent::config::RegistryConfig;
+
+/// Feature cache for PREDICT_BY_ENTITY (its own issue; parsed and validated now, not active).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RegistryConfig {
+pub struct CacheConfig {
     pub enabled: bool,
-    /// `https://…` or `file://…`.
-    pub url: Option<String>,
-    pub poll_interval_s: u64,
-    /// Public keys that may sign releases.
-    pub trusted_keys_file: Option<PathBuf>,
+    /// LMDB directory; unset = `<state_dir>/cache`.
+    pub path: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub ttl_s: u64,
 }
-
-/// `[cache]`: owned (type, defaults, validation) by the features crate (docs/features.md).
-pub use edgeinfer_features::CacheConfig;
 
 /// `[telemetry]`: owned (type, defaults, validation) by the telemetry crate.
 pub use edgeinfer_telemetry::TelemetryConfig;
-
-/// `[rollout]`: owned (type, defaults, validation) by the rollout crate.
-pub use edgeinfer_rollout::RolloutConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -177,7 +169,6 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cache: CacheConfig::default(),
             telemetry: TelemetryConfig::default(),
-            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -224,13 +215,13 @@ impl Default for EngineConfig {
     }
 }
 
-impl Default for RegistryConfig {
+impl Default for CacheConfig {
     fn default() -> Self {
-        RegistryConfig {
+        CacheConfig {
             enabled: false,
-            url: None,
-            poll_interval_s: 300,
-            trusted_keys_file: None,
+            path: None,
+            max_bytes: 1 << 30,
+            ttl_s: 3600,
         }
     }
 }
@@ -622,6 +613,7 @@ impl Config {
                 m.path = base.join(&m.path);
             }
         }
+        cfg.registry.resolve_relative(base);
         Ok(cfg)
     }
 
@@ -742,11 +734,6 @@ impl Config {
     /// Things that are allowed but worth a log line at startup.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        for (on, name) in [(self.registry.enabled, "registry")] {
-            if on {
-                w.push(format!("[{name}] is configured but not active in this release; it is validated and ignored"));
-            }
-        }
         if self.server.socket_mode.0 & 0o007 != 0 {
             w.push(format!(
                 "server.socket_mode = \"{}\" lets every local user connect to the Unix socket",
@@ -782,7 +769,8 @@ impl Config {
         }
     }
 
-    fn load_options(&self, m: Option<&ModelConfig>) -> LoadOptions {
+    /// How a model loads: its own engine and GPU stance, else the `[engine]` defaults.
+    pub fn load_options(&self, m: Option<&ModelConfig>) -> LoadOptions {
         LoadOptions {
             engine: m.and_then(|m| m.engine).unwrap_or(self.engine.default),
             gpu: m.and_then(|m| m.gpu).unwrap_or(self.engine.gpu),
@@ -853,7 +841,6 @@ fn parse_model_flag(s: &str) -> Result<ModelConfig, String> {
         gpu: None,
         max_batch: 0,
         max_delay_us: default_max_delay_us(),
-        features: None,
     })
 }
 
@@ -1130,39 +1117,17 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
     }
 
     // --- not active yet, but validated so a config written today keeps working ---
-    let r = &c.registry;
-    if r.enabled {
-        match r.url.as_deref() {
-            None => invalid(
-                out,
-                "registry.url",
-                "is required when registry.enabled = true".into(),
-            ),
-            Some(u) if !(u.starts_with("https://") || u.starts_with("file://")) => invalid(
-                out,
-                "registry.url",
-                format!("{u:?}: only https:// and file:// registries are accepted"),
-            ),
-            _ => {}
-        }
-        if r.trusted_keys_file.is_none() {
-            invalid(
-                out,
-                "registry.trusted_keys_file",
-                "is required when registry.enabled = true: releases must be signed".into(),
-            );
-        }
-        if r.poll_interval_s == 0 {
-            invalid(out, "registry.poll_interval_s", "must be at least 1".into());
-        }
-    }
-    for (key, message) in c.cache.problems() {
-        invalid(out, key, message);
-    }
-    for p in c.telemetry.validate() {
+    for p in c.registry.validate() {
         invalid(out, p.key, p.message);
     }
-    for p in c.rollout.validate() {
+    if c.cache.enabled && c.cache.max_bytes == 0 {
+        invalid(
+            out,
+            "cache.max_bytes",
+            "must be above 0 when cache.enabled = true".into(),
+        );
+    }
+    for p in c.telemetry.validate() {
         invalid(out, p.key, p.message);
     }
 }
@@ -1604,7 +1569,6 @@ mod tests {
             gpu: None,
             max_batch: 8,
             max_delay_us: 0,
-            features: None,
         });
         let e = c.validate().unwrap_err();
         let keys: Vec<(&str, ConfigErrorKind)> = e
@@ -1701,13 +1665,13 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "registry.url",
-                "registry.trusted_keys_file",
+                "registry.root_file",
+                "registry.models",
                 "telemetry.mqtt_url"
             ],
             "{e}"
         );
-        assert!(c.warnings().iter().any(|w| w.contains("[registry]")));
+        assert!(!c.warnings().iter().any(|w| w.contains("[registry]")));
     }
 
     fn model(name: &str, version: &str, path: &str) -> ModelConfig {

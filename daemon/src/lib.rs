@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod model_table;
+pub mod registry_glue;
 pub mod security;
 pub mod server;
 pub mod systemd;

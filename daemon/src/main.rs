@@ -126,7 +126,9 @@ fn run(
             (listeners, http::bind(&cfg)?, places)
         }
     };
+    let restored = edgeinferd::registry_glue::restore(&cfg, &app::Control::new(table.clone()))?;
     let app = App::start(opts, table.clone(), listeners)?;
+    let _registry = edgeinferd::registry_glue::start(&cfg, app.control().clone())?;
     let _telemetry = edgeinferd::telemetry_glue::start(&cfg, table.clone())?;
     let http = match http_listener {
         Some(l) => Some(http::spawn(&cfg, table.clone(), Some(app.stats()), l)?),
@@ -138,6 +140,9 @@ fn run(
         .map(|v| format!("{} ({}, {})", v.name, v.version, v.model.backend()))
         .collect();
     let mut line = format!("serving {} on {}", models.join(", "), places.join(" and "));
+    if !restored.is_empty() {
+        line.push_str(&format!(" (registry: {})", restored.join(", ")));
+    }
     if let Some(h) = &http {
         line.push_str(&format!(", HTTP on {}", h.local_addr()));
     }

@@ -194,9 +194,10 @@ fn open(cfg: &Config, c: &CacheConfig, cores: usize) -> anyhow::Result<Features>
     })
 }
 
-/// The schema as the features crate takes it. Today the model config holds that very type;
-/// when the signed bundle carries the schema, its type is converted here, so the features
-/// crate never depends on registry-sync.
+/// The schema as the features crate takes it. The model config and the signed bundle
+/// (`edgeinfer_registry::release::bundle::Bundle::features`) both carry this very type, so
+/// there is nothing to convert yet; a bundle-side change of type is converted here, keeping
+/// the features crate free of registry-sync.
 fn schema_of(s: &FeatureSchema) -> FeatureSchema {
     s.clone()
 }

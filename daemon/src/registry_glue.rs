@@ -1,0 +1,345 @@
+//! Composes the registry's pull agent into the daemon: at startup the last verified
+//! version of each followed model is loaded from the install area ([`restore`]); then the
+//! agent runs on its own thread ([`start`]) and this module is its [`Deployer`]: it
+//! validates a staged version in the engine (the bundle's golden samples must match within
+//! tolerance, and `engine = "auto"` decides on them at 1 and at 64 rows), hands the
+//! validated model to [`Control`] for the hot swap once the install is committed, and
+//! reports every install and refusal (log, telemetry event, and [`Registry::events`]).
+//!
+//! Nothing here runs on a data-path core: loading, golden runs and session warm-up happen
+//! on the agent's thread, and the cores only see the new snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use edgeinfer_engine::{InputTensor, LoadOptions, Model, Outputs};
+use edgeinfer_registry::agent::{
+    system_clock, Agent, AgentEvent, AgentHandle, Clock, Deployer, InstalledRelease,
+    StagedRelease,
+};
+use edgeinfer_registry::install::{digest_file, InstallStore};
+use edgeinfer_registry::release::bundle::Bundle;
+use edgeinfer_telemetry::events::Event;
+
+use crate::app::Control;
+use crate::config::Config;
+use crate::model_table::{BatchConfig, ServingConfig};
+
+/// Rows of the larger golden set `engine = "auto"` times (the smaller is 1 row).
+pub const AUTO_BATCH_ROWS: usize = 64;
+
+/// A version that passed validation: its engine model, ready to be swapped in.
+struct Validated {
+    model: Model,
+    serving: ServingConfig,
+}
+
+/// What happened, for tests and status: every [`AgentEvent`] in order.
+#[derive(Default)]
+struct EventLog {
+    events: Mutex<Vec<AgentEvent>>,
+    changed: Condvar,
+}
+
+/// The daemon's [`Deployer`].
+struct DaemonDeployer {
+    control: Control,
+    load: LoadOptions,
+    pending: Option<(String, String, Validated)>,
+    /// The registry version each model serves now (retired when the next one is active).
+    serving: BTreeMap<String, String>,
+    log: Arc<EventLog>,
+}
+
+/// The golden samples' rows as two input sets: the first row alone, and
+/// [`AUTO_BATCH_ROWS`] rows (all rows of every sample, repeated). Empty if the samples do
+/// not agree on their inputs or a leading dimension is 0.
+pub fn golden_sets(bundle: &Bundle) -> Vec<Vec<InputTensor>> {
+    let samples: Vec<Vec<InputTensor>> = bundle.golden.iter().map(|g| g.inputs()).collect();
+    let Some(first) = samples.first() else {
+        return Vec::new();
+    };
+    // Per input: the bytes of each row, over all samples.
+    let mut rows: Vec<Vec<&[u8]>> = vec![Vec::new(); first.len()];
+    for s in &samples {
+        if s.len() != first.len() {
+            return Vec::new();
+        }
+        for (i, t) in s.iter().enumerate() {
+            let f = &first[i];
+            let n = t.shape.first().copied().unwrap_or(0);
+            if t.name != f.name || t.dtype != f.dtype || t.shape.get(1..) != f.shape.get(1..) || n == 0
+            {
+                return Vec::new();
+            }
+            rows[i].extend(t.data.chunks_exact(t.data.len() / n));
+        }
+    }
+    let set = |n: usize| -> Vec<InputTensor> {
+        first
+            .iter()
+            .zip(&rows)
+            .map(|(f, r)| {
+                let mut shape = f.shape.clone();
+                shape[0] = n;
+                InputTensor {
+                    name: f.name.clone(),
+                    dtype: f.dtype,
+                    shape,
+                    data: r.iter().cycle().take(n).flat_map(|b| b.iter().copied()).collect(),
+                }
+            })
+            .collect()
+    };
+    vec![set(1), set(AUTO_BATCH_ROWS)]
+}
+
+impl DaemonDeployer {
+    /// Loads `model_bytes` as the bundle asks and runs every golden sample on it.
+    fn check(&self, name: &str, version: &str, bundle_bytes: &[u8], model_path: &std::path::Path) -> Result<Validated, String> {
+        let bundle = Bundle::from_slice(bundle_bytes).map_err(|e| format!("bundle.json: {e}"))?;
+        if bundle.name != name || bundle.version != version {
+            return Err(format!(
+                "bundle.json is for {}@{}, not {name}@{version}",
+                bundle.name, bundle.version
+            ));
+        }
+        let digest = digest_file(model_path).map_err(|e| e.to_string())?;
+        if !bundle.model.sha256.eq_ignore_ascii_case(&digest.sha256) {
+            return Err(format!(
+                "model.onnx has sha256 {}, bundle.json names {}",
+                digest.sha256, bundle.model.sha256
+            ));
+        }
+        let bytes = std::fs::read(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
+        let mut load = self.load.clone();
+        if let Some(e) = bundle.model.engine {
+            load.engine = e;
+        }
+        if let Some(g) = bundle.model.gpu {
+            load.gpu = g;
+        }
+        let model = edgeinfer_engine::load_model_with_samples(&bytes, &load, &golden_sets(&bundle))
+            .map_err(|e| format!("the engine cannot load it: {e}"))?;
+        let mut session = model
+            .new_session()
+            .map_err(|e| format!("making a session: {e}"))?;
+        for (i, g) in bundle.golden.iter().enumerate() {
+            let inputs = g.inputs();
+            let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
+            let mut out = Outputs::for_model(&model.info);
+            session
+                .run(&views, &mut out)
+                .map_err(|e| format!("golden sample {i} does not run: {e}"))?;
+            g.check(&out)
+                .map_err(|e| format!("golden sample {i} on {}: {e}", model.backend()))?;
+        }
+        let b = bundle.model.batching;
+        let serving = ServingConfig {
+            batching: (b.max_batch > 1).then(|| BatchConfig {
+                max_batch: b.max_batch,
+                max_delay: Duration::from_micros(b.max_delay_us),
+            }),
+        };
+        tracing::info!(model = name, version, backend = %model.backend(), samples = bundle.golden.len(), "golden samples match");
+        Ok(Validated { model, serving })
+    }
+
+    /// Swaps `name`@`version` in as the default and retires the registry version it replaces.
+    fn swap_in(&mut self, name: &str, version: &str, v: Validated) -> anyhow::Result<()> {
+        self.control
+            .install_model(name, version, v.model, v.serving)?;
+        self.control.activate(name, version)?;
+        let old = self.serving.insert(name.to_owned(), version.to_owned());
+        if let Some(old) = old.filter(|o| o != version) {
+            // Requests admitted on it finish there; new ones already go to `version`.
+            let _ = self.control.retire(name, &old);
+            crate::telemetry_glue::emit(Event::ModelSwapped {
+                model: name.to_owned(),
+                from: old,
+                to: version.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Deployer for DaemonDeployer {
+    fn validate(&mut self, r: &StagedRelease) -> Result<(), String> {
+        let bundle = std::fs::read(&r.bundle_path).map_err(|e| format!("{}: {e}", r.bundle_path.display()))?;
+        let v = self.check(&r.model, &r.version, &bundle, &r.model_path)?;
+        self.pending = Some((r.model.clone(), r.version.clone(), v));
+        Ok(())
+    }
+
+    fn activate(&mut self, r: &InstalledRelease) -> Result<(), String> {
+        let Some((name, version, v)) = self.pending.take() else {
+            return Err("activate without a validated version".into());
+        };
+        if name != r.model || version != r.version {
+            return Err(format!("activate {}@{} but {name}@{version} was validated", r.model, r.version));
+        }
+        self.swap_in(&name, &version, v).map_err(|e| format!("{e:#}"))
+    }
+
+    fn event(&mut self, ev: &AgentEvent) {
+        match ev {
+            AgentEvent::Installed { model, version, .. } => {
+                crate::telemetry_glue::emit(Event::ModelInstalled {
+                    model: model.clone(),
+                    version: version.clone(),
+                })
+            }
+            AgentEvent::Rejected { model, version, kind, reason } => {
+                crate::telemetry_glue::emit(Event::ModelRejected {
+                    model: model.clone(),
+                    version: version.clone(),
+                    reason: format!("{kind:?}: {reason}"),
+                })
+            }
+            AgentEvent::Unreachable { .. } => {}
+        }
+        if let Ok(mut e) = self.log.events.lock() {
+            e.push(ev.clone());
+        }
+        self.log.changed.notify_all();
+    }
+}
+
+fn deployer(cfg: &Config, control: Control) -> DaemonDeployer {
+    DaemonDeployer {
+        control,
+        load: cfg.load_options(None),
+        pending: None,
+        serving: BTreeMap::new(),
+        log: Arc::new(EventLog::default()),
+    }
+}
+
+/// Startup: for each followed model, the newest verified version whose files still match
+/// the install state and that still validates is installed and made the default (before
+/// the cores start, so the first request already sees it). Returns `name@version` of each.
+/// A model with a corrupt state or no usable version keeps what the config names.
+pub fn restore(cfg: &Config, control: &Control) -> anyhow::Result<Vec<String>> {
+    let r = &cfg.registry;
+    if !r.enabled {
+        return Ok(Vec::new());
+    }
+    let store = InstallStore::open(&r.state_dir(&cfg.state_dir), r.keep_versions)
+        .map_err(anyhow::Error::msg)?;
+    let mut d = deployer(cfg, control.clone());
+    let mut out = Vec::new();
+    for name in &r.models {
+        let versions = match store.startable(name) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(model = %name, "registry: {e}; serving what the config names");
+                crate::telemetry_glue::emit(Event::ModelRejected {
+                    model: name.clone(),
+                    version: String::new(),
+                    reason: format!("LocalState: {e}"),
+                });
+                continue;
+            }
+        };
+        for (iv, dir) in versions {
+            let checked = std::fs::read(dir.join("bundle.json"))
+                .map_err(|e| e.to_string())
+                .and_then(|b| d.check(name, &iv.version, &b, &dir.join("model.onnx")));
+            match checked.and_then(|v| d.swap_in(name, &iv.version, v).map_err(|e| format!("{e:#}"))) {
+                Ok(()) => {
+                    tracing::info!(model = %name, version = %iv.version, "registry: starting on the last verified version");
+                    out.push(format!("{name}@{}", iv.version));
+                    break;
+                }
+                Err(e) => tracing::warn!(model = %name, version = %iv.version, "registry: installed version not usable: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The running agent.
+pub struct Registry {
+    handle: AgentHandle,
+    log: Arc<EventLog>,
+}
+
+impl Registry {
+    /// Every event so far, oldest first.
+    pub fn events(&self) -> Vec<AgentEvent> {
+        self.log.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for an event after the first `skip` to satisfy `pred`.
+    pub fn wait_event(
+        &self,
+        skip: usize,
+        timeout: Duration,
+        pred: impl Fn(&AgentEvent) -> bool,
+    ) -> Option<AgentEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.log.events.lock().ok()?;
+        loop {
+            if let Some(e) = g.iter().skip(skip).find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            g = self.log.changed.wait_timeout(g, left).ok()?.0;
+        }
+    }
+
+    pub fn poll_now(&self) {
+        self.handle.poll_now();
+    }
+
+    pub fn polls(&self) -> u64 {
+        self.handle.polls()
+    }
+
+    /// Waits for the first poll (it starts as soon as the agent does).
+    pub fn wait_first_poll(&self, timeout: Duration) -> bool {
+        self.handle.wait_polls(0, timeout) > 0
+    }
+
+    /// Asks for a poll and waits for it to finish; returns false on timeout.
+    pub fn poll_and_wait(&self, timeout: Duration) -> bool {
+        let before = self.handle.polls();
+        self.handle.poll_now();
+        self.handle.wait_polls(before, timeout) > before
+    }
+}
+
+/// Starts the pull agent if `[registry] enabled`, with the system clock.
+pub fn start(cfg: &Config, control: Control) -> anyhow::Result<Option<Registry>> {
+    start_with_clock(cfg, control, system_clock())
+}
+
+/// [`start`] with an injected clock (seconds since the epoch) for expiry tests.
+pub fn start_with_clock(cfg: &Config, control: Control, clock: Clock) -> anyhow::Result<Option<Registry>> {
+    let r = &cfg.registry;
+    if !r.enabled {
+        return Ok(None);
+    }
+    let mut d = deployer(cfg, control.clone());
+    // What restore made the default is what the agent moves on from.
+    let store = InstallStore::open(&r.state_dir(&cfg.state_dir), r.keep_versions)
+        .map_err(anyhow::Error::msg)?;
+    for name in &r.models {
+        if let Some(a) = store.load_state(name).ok().and_then(|s| s.active) {
+            if control.table().snapshot().models.get(name).is_some_and(|s| s.index_of(&a).is_some()) {
+                d.serving.insert(name.clone(), a);
+            }
+        }
+    }
+    let log = d.log.clone();
+    let agent = Agent::new(r.clone(), &r.state_dir(&cfg.state_dir), clock)
+        .map_err(anyhow::Error::msg)
+        .context("starting the registry agent")?;
+    let handle = agent
+        .spawn(Box::new(d))
+        .context("spawning the registry thread")?;
+    Ok(Some(Registry { handle, log }))
+}
