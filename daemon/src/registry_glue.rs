@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use edgeinfer_engine::{InputTensor, LoadOptions, Model, Outputs};
 use edgeinfer_registry::agent::{
-    system_clock, Agent, AgentEvent, AgentHandle, Clock, Deployer, InstalledRelease,
-    StagedRelease,
+    system_clock, Agent, AgentEvent, AgentHandle, Clock, Deployer, InstalledRelease, StagedRelease,
 };
 use edgeinfer_registry::install::{digest_file, InstallStore};
 use edgeinfer_registry::release::bundle::Bundle;
@@ -70,7 +69,10 @@ pub fn golden_sets(bundle: &Bundle) -> Vec<Vec<InputTensor>> {
         for (i, t) in s.iter().enumerate() {
             let f = &first[i];
             let n = t.shape.first().copied().unwrap_or(0);
-            if t.name != f.name || t.dtype != f.dtype || t.shape.get(1..) != f.shape.get(1..) || n == 0
+            if t.name != f.name
+                || t.dtype != f.dtype
+                || t.shape.get(1..) != f.shape.get(1..)
+                || n == 0
             {
                 return Vec::new();
             }
@@ -88,7 +90,12 @@ pub fn golden_sets(bundle: &Bundle) -> Vec<Vec<InputTensor>> {
                     name: f.name.clone(),
                     dtype: f.dtype,
                     shape,
-                    data: r.iter().cycle().take(n).flat_map(|b| b.iter().copied()).collect(),
+                    data: r
+                        .iter()
+                        .cycle()
+                        .take(n)
+                        .flat_map(|b| b.iter().copied())
+                        .collect(),
                 }
             })
             .collect()
@@ -98,7 +105,13 @@ pub fn golden_sets(bundle: &Bundle) -> Vec<Vec<InputTensor>> {
 
 impl DaemonDeployer {
     /// Loads `model_bytes` as the bundle asks and runs every golden sample on it.
-    fn check(&self, name: &str, version: &str, bundle_bytes: &[u8], model_path: &std::path::Path) -> Result<Validated, String> {
+    fn check(
+        &self,
+        name: &str,
+        version: &str,
+        bundle_bytes: &[u8],
+        model_path: &std::path::Path,
+    ) -> Result<Validated, String> {
         let bundle = Bundle::from_slice(bundle_bytes).map_err(|e| format!("bundle.json: {e}"))?;
         if bundle.name != name || bundle.version != version {
             return Err(format!(
@@ -113,7 +126,8 @@ impl DaemonDeployer {
                 digest.sha256, bundle.model.sha256
             ));
         }
-        let bytes = std::fs::read(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
+        let bytes =
+            std::fs::read(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
         let mut load = self.load.clone();
         if let Some(e) = bundle.model.engine {
             load.engine = e;
@@ -168,7 +182,8 @@ impl DaemonDeployer {
 
 impl Deployer for DaemonDeployer {
     fn validate(&mut self, r: &StagedRelease) -> Result<(), String> {
-        let bundle = std::fs::read(&r.bundle_path).map_err(|e| format!("{}: {e}", r.bundle_path.display()))?;
+        let bundle = std::fs::read(&r.bundle_path)
+            .map_err(|e| format!("{}: {e}", r.bundle_path.display()))?;
         let v = self.check(&r.model, &r.version, &bundle, &r.model_path)?;
         self.pending = Some((r.model.clone(), r.version.clone(), v));
         Ok(())
@@ -179,9 +194,13 @@ impl Deployer for DaemonDeployer {
             return Err("activate without a validated version".into());
         };
         if name != r.model || version != r.version {
-            return Err(format!("activate {}@{} but {name}@{version} was validated", r.model, r.version));
+            return Err(format!(
+                "activate {}@{} but {name}@{version} was validated",
+                r.model, r.version
+            ));
         }
-        self.swap_in(&name, &version, v).map_err(|e| format!("{e:#}"))
+        self.swap_in(&name, &version, v)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn event(&mut self, ev: &AgentEvent) {
@@ -192,13 +211,16 @@ impl Deployer for DaemonDeployer {
                     version: version.clone(),
                 })
             }
-            AgentEvent::Rejected { model, version, kind, reason } => {
-                crate::telemetry_glue::emit(Event::ModelRejected {
-                    model: model.clone(),
-                    version: version.clone(),
-                    reason: format!("{kind:?}: {reason}"),
-                })
-            }
+            AgentEvent::Rejected {
+                model,
+                version,
+                kind,
+                reason,
+            } => crate::telemetry_glue::emit(Event::ModelRejected {
+                model: model.clone(),
+                version: version.clone(),
+                reason: format!("{kind:?}: {reason}"),
+            }),
             AgentEvent::Unreachable { .. } => {}
         }
         if let Ok(mut e) = self.log.events.lock() {
@@ -248,13 +270,18 @@ pub fn restore(cfg: &Config, control: &Control) -> anyhow::Result<Vec<String>> {
             let checked = std::fs::read(dir.join("bundle.json"))
                 .map_err(|e| e.to_string())
                 .and_then(|b| d.check(name, &iv.version, &b, &dir.join("model.onnx")));
-            match checked.and_then(|v| d.swap_in(name, &iv.version, v).map_err(|e| format!("{e:#}"))) {
+            match checked.and_then(|v| {
+                d.swap_in(name, &iv.version, v)
+                    .map_err(|e| format!("{e:#}"))
+            }) {
                 Ok(()) => {
                     tracing::info!(model = %name, version = %iv.version, "registry: starting on the last verified version");
                     out.push(format!("{name}@{}", iv.version));
                     break;
                 }
-                Err(e) => tracing::warn!(model = %name, version = %iv.version, "registry: installed version not usable: {e}"),
+                Err(e) => {
+                    tracing::warn!(model = %name, version = %iv.version, "registry: installed version not usable: {e}")
+                }
             }
         }
     }
@@ -270,7 +297,11 @@ pub struct Registry {
 impl Registry {
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<AgentEvent> {
-        self.log.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.log
+            .events
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// Waits up to `timeout` for an event after the first `skip` to satisfy `pred`.
@@ -318,7 +349,11 @@ pub fn start(cfg: &Config, control: Control) -> anyhow::Result<Option<Registry>>
 }
 
 /// [`start`] with an injected clock (seconds since the epoch) for expiry tests.
-pub fn start_with_clock(cfg: &Config, control: Control, clock: Clock) -> anyhow::Result<Option<Registry>> {
+pub fn start_with_clock(
+    cfg: &Config,
+    control: Control,
+    clock: Clock,
+) -> anyhow::Result<Option<Registry>> {
     let r = &cfg.registry;
     if !r.enabled {
         return Ok(None);
@@ -329,7 +364,13 @@ pub fn start_with_clock(cfg: &Config, control: Control, clock: Clock) -> anyhow:
         .map_err(anyhow::Error::msg)?;
     for name in &r.models {
         if let Some(a) = store.load_state(name).ok().and_then(|s| s.active) {
-            if control.table().snapshot().models.get(name).is_some_and(|s| s.index_of(&a).is_some()) {
+            if control
+                .table()
+                .snapshot()
+                .models
+                .get(name)
+                .is_some_and(|s| s.index_of(&a).is_some())
+            {
                 d.serving.insert(name.clone(), a);
             }
         }

@@ -11,9 +11,11 @@ use registry_support::*;
 
 fn installed(d: &Daemon, from: usize, version: &str) {
     d.registry()
-        .wait_event(from, WAIT, |e| {
-            matches!(e, AgentEvent::Installed { version: v, .. } if v == version)
-        })
+        .wait_event(
+            from,
+            WAIT,
+            |e| matches!(e, AgentEvent::Installed { version: v, .. } if v == version),
+        )
         .unwrap_or_else(|| panic!("{version} not installed: {:?}", d.events_since(from)));
 }
 
@@ -118,7 +120,10 @@ fn pulls_over_http_and_resumes_an_interrupted_download_with_range() {
         .unwrap_or_else(|| panic!("no resume: {reqs:?}"));
     assert_eq!(resumed.1.as_deref(), Some("bytes=1000-"));
     assert!(
-        !targets.iter().skip(1).any(|(p, r)| p == &targets[0].0 && r.is_none()),
+        !targets
+            .iter()
+            .skip(1)
+            .any(|(p, r)| p == &targets[0].0 && r.is_none()),
         "not downloaded again from the start: {reqs:?}"
     );
 

@@ -8,7 +8,7 @@
 from .aio import AsyncClient
 from .client import Client, ClientPool, Stats
 from .errors import (ERRORS, BadFrame, BadInput, ConnectionClosed, DeadlineExceeded,
-                     EdgeInferError, FrameTooLarge, InputError, Internal,
+                     EdgeInferError, FeatureStore, FrameTooLarge, InputError, Internal,
                      NotImplementedByServer, NotReady, Overloaded, ProtocolError, ServerError,
                      ShuttingDown, Timeout, TooManyInFlight, Unauthenticated, Unavailable,
                      UnknownModel, UnknownOpcode, UnsupportedVersion, server_error)
@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient", "Client", "ClientPool", "Stats", "ERRORS", "BadFrame", "BadInput",
-    "ConnectionClosed", "DeadlineExceeded", "EdgeInferError", "FrameTooLarge", "InputError",
+    "ConnectionClosed", "DeadlineExceeded", "EdgeInferError", "FeatureStore", "FrameTooLarge",
+    "InputError",
     "Internal", "NotImplementedByServer", "NotReady", "Overloaded", "ProtocolError",
     "ServerError", "ShuttingDown", "Timeout", "TooManyInFlight", "Unauthenticated",
     "Unavailable", "UnknownModel", "UnknownOpcode", "UnsupportedVersion", "server_error",

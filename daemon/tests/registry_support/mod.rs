@@ -230,13 +230,29 @@ impl Drop for Daemon {
 pub fn golden_rows(from: usize, to: usize) -> (Tensor, Vec<Tensor>) {
     let g = golden_json();
     let t = |v: &serde_json::Value| {
-        let shape: Vec<u64> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
-        let data: Vec<f64> = v["data"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap()).collect();
+        let shape: Vec<u64> = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        let data: Vec<f64> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_f64().unwrap())
+            .collect();
         let per = (shape.iter().skip(1).product::<u64>()) as usize;
         let mut s = shape.clone();
         s[0] = (to - from) as u64;
         let dtype = v["dtype"].as_str().unwrap().parse().unwrap();
-        Tensor::from_f64_as(v["name"].as_str().unwrap(), dtype, s, &data[from * per..to * per]).unwrap()
+        Tensor::from_f64_as(
+            v["name"].as_str().unwrap(),
+            dtype,
+            s,
+            &data[from * per..to * per],
+        )
+        .unwrap()
     };
     let input = t(&g["inputs"][0]);
     let outputs = g["outputs"].as_array().unwrap().iter().map(t).collect();
@@ -253,11 +269,21 @@ pub fn metadata_kind(k: ErrorKind) -> impl Fn(&RejectKind) -> bool {
 }
 
 /// Asserts one of the events since `from` is a refusal matching `want`, and returns its text.
-pub fn expect_rejection(d: &Daemon, from: usize, what: &str, want: impl Fn(&RejectKind) -> bool) -> String {
+pub fn expect_rejection(
+    d: &Daemon,
+    from: usize,
+    what: &str,
+    want: impl Fn(&RejectKind) -> bool,
+) -> String {
     let ev = d
         .registry()
         .wait_event(from, WAIT, |e| rejected(e, &want))
-        .unwrap_or_else(|| panic!("no rejection event for {what}; events: {:?}", d.events_since(from)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no rejection event for {what}; events: {:?}",
+                d.events_since(from)
+            )
+        });
     match ev {
         AgentEvent::Rejected { reason, .. } => reason,
         _ => unreachable!(),
@@ -354,7 +380,10 @@ fn serve(
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     let t0 = Instant::now();
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 && t0.elapsed() < Duration::from_secs(5) {
+    while !head.ends_with(b"\r\n\r\n")
+        && head.len() < 16384
+        && t0.elapsed() < Duration::from_secs(5)
+    {
         if s.read(&mut b)? == 0 {
             return Ok(());
         }
@@ -374,8 +403,16 @@ fn serve(
     log.lock().unwrap().push((path.clone(), range.clone()));
     let rel = path.strip_prefix("/repo/").unwrap_or("");
     let file = root.join(rel.replace("%2F", "/"));
-    let Ok(data) = std::fs::read(&file).map_err(|_| ()).and_then(|d| if rel.is_empty() || rel.contains("..") { Err(()) } else { Ok(d) }) else {
-        return s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let Ok(data) = std::fs::read(&file).map_err(|_| ()).and_then(|d| {
+        if rel.is_empty() || rel.contains("..") {
+            Err(())
+        } else {
+            Ok(d)
+        }
+    }) else {
+        return s.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
     };
     let from = range
         .as_deref()
@@ -394,9 +431,15 @@ fn serve(
             )?;
             s.write_all(body)
         }
-        Some(_) => s.write_all(b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        Some(_) => s.write_all(
+            b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
         None => {
-            write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len())?;
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            )?;
             match mode {
                 Mode::CutTargets(n) if rel.starts_with("targets/") && (n as usize) < data.len() => {
                     s.write_all(&data[..n as usize])?;
