@@ -39,6 +39,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
+    pub rollout: RolloutConfig,
 }
 
 /// The binary-protocol listeners and the data path's limits.
@@ -108,8 +109,8 @@ pub struct EngineConfig {
     pub allow_non_finite: bool,
 }
 
-/// One model version to serve.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One model version to serve. (Not `Eq`: a feature schema holds f64 defaults.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Name clients ask for: letters, digits, `_`, `-`, `.`.
@@ -130,6 +131,14 @@ pub struct ModelConfig {
     /// Dynamic batching: longest a request waits for company.
     #[serde(default = "default_max_delay_us")]
     pub max_delay_us: u64,
+    /// The model's feature schema for PREDICT_BY_ENTITY (docs/features.md); until the signed
+    /// bundle carries it, it is read from here.
+    #[serde(default)]
+    pub features: Option<edgeinfer_features::FeatureSchema>,
+    /// JSON file with this version's reference statistics and accuracy baseline (drift and
+    /// online accuracy, docs/telemetry.md); a relative path is taken like `path`.
+    #[serde(default)]
+    pub monitoring: Option<PathBuf>,
 }
 
 fn default_version() -> String {
@@ -143,19 +152,14 @@ fn default_max_delay_us() -> u64 {
 /// (docs/registry.md).
 pub use edgeinfer_registry::agent::config::RegistryConfig;
 
-/// Feature cache for PREDICT_BY_ENTITY (its own issue; parsed and validated now, not active).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    /// LMDB directory; unset = `<state_dir>/cache`.
-    pub path: Option<PathBuf>,
-    pub max_bytes: u64,
-    pub ttl_s: u64,
-}
+/// `[cache]`: owned (type, defaults, validation) by the features crate (docs/features.md).
+pub use edgeinfer_features::CacheConfig;
 
 /// `[telemetry]`: owned (type, defaults, validation) by the telemetry crate.
 pub use edgeinfer_telemetry::TelemetryConfig;
+
+/// `[rollout]`: owned (type, defaults, validation) by the rollout crate.
+pub use edgeinfer_rollout::RolloutConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -169,6 +173,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cache: CacheConfig::default(),
             telemetry: TelemetryConfig::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -211,17 +216,6 @@ impl Default for EngineConfig {
             gpu: d.gpu,
             intra_op_threads: d.intra_op_threads,
             allow_non_finite: d.allow_non_finite,
-        }
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            enabled: false,
-            path: None,
-            max_bytes: 1 << 30,
-            ttl_s: 3600,
         }
     }
 }
@@ -612,6 +606,9 @@ impl Config {
             if m.path.is_relative() {
                 m.path = base.join(&m.path);
             }
+            if let Some(p) = m.monitoring.as_mut().filter(|p| p.is_relative()) {
+                *p = base.join(&*p);
+            }
         }
         cfg.registry.resolve_relative(base);
         Ok(cfg)
@@ -841,6 +838,8 @@ fn parse_model_flag(s: &str) -> Result<ModelConfig, String> {
         gpu: None,
         max_batch: 0,
         max_delay_us: default_max_delay_us(),
+        features: None,
+        monitoring: None,
     })
 }
 
@@ -1120,14 +1119,13 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
     for p in c.registry.validate() {
         invalid(out, p.key, p.message);
     }
-    if c.cache.enabled && c.cache.max_bytes == 0 {
-        invalid(
-            out,
-            "cache.max_bytes",
-            "must be above 0 when cache.enabled = true".into(),
-        );
+    for (key, message) in c.cache.problems() {
+        invalid(out, key, message);
     }
     for p in c.telemetry.validate() {
+        invalid(out, p.key, p.message);
+    }
+    for p in c.rollout.validate() {
         invalid(out, p.key, p.message);
     }
 }
@@ -1569,6 +1567,8 @@ mod tests {
             gpu: None,
             max_batch: 8,
             max_delay_us: 0,
+            features: None,
+            monitoring: None,
         });
         let e = c.validate().unwrap_err();
         let keys: Vec<(&str, ConfigErrorKind)> = e
