@@ -17,6 +17,7 @@ pub mod config;
 pub mod device;
 pub mod directive;
 pub mod error;
+pub mod fleet;
 pub mod judge;
 pub mod record;
 

@@ -7,6 +7,7 @@ mod client_cmds;
 mod engine_cmds;
 mod features_cmds;
 mod release_cmds;
+mod rollout_cmds;
 mod tuf_cmds;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Command {
     /// Releases: keys gen, repo init, root rotate, release create|sign|status|publish, verify.
     #[command(flatten)]
     Release(release_cmds::Commands),
+    /// Fleet rollout: set the signed rollout directive, show where devices land.
+    Rollout(rollout_cmds::RolloutArgs),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Tuf(a) => tuf_cmds::tuf(a),
         Command::Features(a) => features_cmds::features(a),
         Command::Release(c) => release_cmds::run(c),
+        Command::Rollout(a) => rollout_cmds::rollout(a),
     };
     if let Err(err) = result {
         if is_broken_pipe(&err) {
