@@ -9,12 +9,14 @@ cd "$repo"
 bash tools/ci/provision.sh
 bash tools/ci/provision-python.sh
 bash tools/ci/provision-telemetry.sh
+bash tools/ci/provision-mlflow.sh
 
 export ORT_DYLIB_PATH="$repo/.cache/ort/libonnxruntime.so.1.31.1"
 export EDGEINFER_TEST_PYTHON="$repo/.cache/venv-test/bin/python"
 export EDGEINFER_CLIENT_PYTHON="$repo/.cache/venv-client/bin/python"
 export EDGEINFER_TEST_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 export EDGEINFER_TEST_MQTT_PYTHON="$repo/.cache/venv-mqtt/bin/python"
+export EDGEINFER_TEST_MLFLOW="$repo/.cache/venv-mlflow/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== cargo fmt --check"
