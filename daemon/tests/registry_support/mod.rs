@@ -303,12 +303,15 @@ pub enum Mode {
     CutTargets(u64),
 }
 
+/// Every request a [`StaticServer`] answered: (path, Range header).
+pub type RequestLog = Vec<(String, Option<String>)>;
+
 /// A loopback static file server for a repository directory, with `Range: bytes=N-`.
 pub struct StaticServer {
     pub addr: String,
     pub mode: Arc<Mutex<Mode>>,
     /// Every request: (path, Range header).
-    pub log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    pub log: Arc<Mutex<RequestLog>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -374,7 +377,7 @@ fn serve(
     mut s: TcpStream,
     root: &Path,
     mode: Mode,
-    log: &Mutex<Vec<(String, Option<String>)>>,
+    log: &Mutex<RequestLog>,
 ) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut head = Vec::new();
