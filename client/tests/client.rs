@@ -36,6 +36,7 @@ fn answer_double(id: u64, v: &PredictView<'_>, out: &mut Vec<u8>) {
         queue_us: v.request.deadline_us,
         compute_us: v.request.routing_key.len() as u64,
         outputs: vec![],
+        prediction_id: 0,
     };
     encode_predict_response(id, &mut resp, &views, out).unwrap();
 }

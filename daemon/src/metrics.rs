@@ -221,6 +221,8 @@ pub fn render_into(out: &mut String, snapshot: &Snapshot, server: Option<&Server
     if let Some(t) = process_start_time() {
         let _ = writeln!(out, "edgeinfer_process_start_time_seconds {t:.3}");
     }
+    // The telemetry interval's latency percentiles, as published on MQTT.
+    crate::telemetry_glue::write_metrics(out);
 }
 
 fn render_server(out: &mut String, s: &ServerStats) {

@@ -1,79 +1,317 @@
-//! Composes the telemetry crate into the daemon: the per-core latency recorders the data
-//! path feeds (thread-local, no lock; handed over once per interval through a channel), the
-//! control thread that merges them and publishes status, latency, drift, GPU and events
-//! through the outbox, and the event API the rest of the daemon calls.
+//! Composes the telemetry crate into the daemon: what the data-path cores keep per core
+//! (thread-local latency histograms, drift bin counters per model version, a block of
+//! prediction ids; no lock, no shared cache line per request), the control thread that
+//! merges them and publishes status, latency, drift, accuracy, GPU and events through the
+//! outbox, the prediction log and FEEDBACK's join against it, and the event API the rest
+//! of the daemon calls.
 //!
-//! The data path touches this module only through [`record_ok`] / [`record_error`]; when
-//! telemetry is off they cost one relaxed load.
+//! The data path touches this module only through [`record_prediction`], [`record_ok`],
+//! [`record_error`] and [`feedback`]; when telemetry is off each costs one relaxed load.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use edgeinfer_engine::{DType, OutputTensor, TensorView};
+use edgeinfer_proto::{ErrorCode, FeedbackRequest, FeedbackResponse};
 use edgeinfer_telemetry::config::BrokerAddr;
+use edgeinfer_telemetry::drift::{DriftCounts, ReferenceStats};
 use edgeinfer_telemetry::events::Event;
 use edgeinfer_telemetry::hub::{Hub, HubSettings};
-use edgeinfer_telemetry::latency::{CoreRecorder, Series};
+use edgeinfer_telemetry::latency::{CoreRecorder, LatencyReport, Series};
 use edgeinfer_telemetry::messages::{ModelState, OutboxState, Status, Topics};
 use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
+use edgeinfer_telemetry::predlog::{FeedbackKey, PredictionLog, PredictionRecord};
 use edgeinfer_telemetry::publisher::{Publisher, PublisherConfig, PublisherStats};
-use edgeinfer_telemetry::{Clock, SystemClock};
+use edgeinfer_telemetry::{Clock, ErrorKind, ModelMonitoring, SystemClock};
+use smallvec::SmallVec;
 
 use crate::config::Config;
+use crate::metrics::escape;
 use crate::model_table::ModelTable;
 
 /// A/B arm label until the rollout work names arms: the version serves as its own arm.
 const DEFAULT_ARM: &str = "default";
+/// Prediction ids a core takes from the shared counter at once (one atomic per block).
+const ID_BLOCK: u64 = 4096;
+/// Rows of one request that go into the prediction log; FEEDBACK on later rows of a huge
+/// request is answered UNKNOWN_REQUEST_ID (docs/telemetry.md).
+const LOG_ROWS_MAX: usize = 1024;
+/// Predictions the control thread buffers before writing them to LMDB in one commit.
+const LOG_BATCH: usize = 1024;
+const LOG_FLUSH: Duration = Duration::from_millis(100);
 
-/// Where cores send their interval's histograms; set once when telemetry starts.
-static SINK: OnceLock<Sender<Vec<Series>>> = OnceLock::new();
-/// Where any thread sends events; set once when telemetry starts.
-static EVENTS: OnceLock<Sender<Event>> = OnceLock::new();
+/// The answer the control thread sends back for one FEEDBACK.
+pub type FeedbackReply = Result<FeedbackResponse, (ErrorCode, String)>;
+
+/// Everything that reaches the control thread, on one channel: a prediction's record is
+/// sent before its answer is written, so a FEEDBACK about it (which the client can only
+/// send after reading that answer) is always received after it.
+enum Msg {
+    Latency(Vec<Series>),
+    Drift(Vec<(u32, DriftCounts)>),
+    Predicted {
+        ver: u32,
+        first_id: u64,
+        ts_ms: u64,
+        outputs: SmallVec<[f64; 4]>,
+    },
+    Event(Event),
+    Feedback(FeedbackRequest, mpsc::SyncSender<FeedbackReply>),
+    Connected,
+}
+
+/// Where every thread sends; set once when telemetry starts.
+static SINK: OnceLock<Sender<Msg>> = OnceLock::new();
 /// Bumped by the control thread each interval; a core that sees a new value hands over.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 static ON: AtomicBool = AtomicBool::new(false);
+/// Next free prediction id (cores take blocks of [`ID_BLOCK`]).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Model versions by index, with their reference statistics. Locked only when a core meets
+/// a version for the first time or [`VERSIONS_GEN`] moves, never per request.
+static VERSIONS: Mutex<Vec<VersionEntry>> = Mutex::new(Vec::new());
+static VERSIONS_GEN: AtomicU64 = AtomicU64::new(0);
+
+struct VersionEntry {
+    model: String,
+    version: String,
+    reference: Option<Arc<ReferenceStats>>,
+}
+
+/// The index of (model, version), interning it.
+fn version_index(model: &str, version: &str) -> (u32, Option<Arc<ReferenceStats>>) {
+    let mut v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = v
+        .iter()
+        .position(|e| e.model == model && e.version == version)
+    {
+        return (i as u32, v[i].reference.clone());
+    }
+    v.push(VersionEntry {
+        model: model.into(),
+        version: version.into(),
+        reference: None,
+    });
+    ((v.len() - 1) as u32, None)
+}
+
+fn version_names(i: u32) -> Option<(String, String)> {
+    let v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    v.get(i as usize)
+        .map(|e| (e.model.clone(), e.version.clone()))
+}
+
+/// Gives a version its reference statistics (on install); cores pick it up on their next
+/// request for it.
+fn set_reference(model: &str, version: &str, r: Option<ReferenceStats>) {
+    let (i, _) = version_index(model, version);
+    let mut v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    v[i as usize].reference = r.map(Arc::new);
+    VERSIONS_GEN.fetch_add(1, Relaxed);
+}
+
+// === the cores' side ===
+
+/// One version as a core sees it: its index and, with a reference, its bin counters.
+struct CoreVersion {
+    model: String,
+    version: String,
+    idx: u32,
+    reference: Option<Arc<ReferenceStats>>,
+    counts: Option<DriftCounts>,
+}
 
 struct CoreState {
     rec: CoreRecorder,
     epoch: u64,
-    tx: Sender<Vec<Series>>,
+    gen: u64,
+    tx: Sender<Msg>,
+    versions: Vec<CoreVersion>,
+    next_id: u64,
+    end_id: u64,
+}
+
+impl CoreState {
+    fn version(&mut self, model: &str, version: &str) -> &mut CoreVersion {
+        let g = VERSIONS_GEN.load(Relaxed);
+        if g != self.gen {
+            self.gen = g;
+            for v in &mut self.versions {
+                let (_, r) = version_index(&v.model, &v.version);
+                if !same_ref(&v.reference, &r) {
+                    hand_over_drift(&self.tx, v);
+                    v.counts = r.as_deref().map(DriftCounts::for_reference);
+                    v.reference = r;
+                }
+            }
+        }
+        let i = match self
+            .versions
+            .iter()
+            .position(|v| v.model == model && v.version == version)
+        {
+            Some(i) => i,
+            None => {
+                let (idx, reference) = version_index(model, version);
+                self.versions.push(CoreVersion {
+                    model: model.into(),
+                    version: version.into(),
+                    idx,
+                    counts: reference.as_deref().map(DriftCounts::for_reference),
+                    reference,
+                });
+                self.versions.len() - 1
+            }
+        };
+        &mut self.versions[i]
+    }
+
+    fn take_ids(&mut self, n: u64) -> u64 {
+        if self.next_id + n > self.end_id {
+            let take = n.max(ID_BLOCK);
+            self.next_id = NEXT_ID.fetch_add(take, Relaxed);
+            self.end_id = self.next_id + take;
+        }
+        let id = self.next_id;
+        self.next_id += n;
+        id
+    }
+}
+
+fn same_ref(a: &Option<Arc<ReferenceStats>>, b: &Option<Arc<ReferenceStats>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn hand_over_drift(tx: &Sender<Msg>, v: &mut CoreVersion) {
+    if let Some(c) = v.counts.as_mut().filter(|c| !c.is_empty()) {
+        let _ = tx.send(Msg::Drift(vec![(v.idx, c.clone())]));
+        c.clear();
+    }
 }
 
 thread_local! {
     static CORE: RefCell<Option<CoreState>> = const { RefCell::new(None) };
 }
 
-fn with_core(f: impl FnOnce(&mut CoreRecorder)) {
+fn with_core<R>(f: impl FnOnce(&mut CoreState) -> R) -> Option<R> {
     if !ON.load(Relaxed) {
-        return;
+        return None;
     }
     CORE.with(|c| {
         let mut c = c.borrow_mut();
         if c.is_none() {
-            let Some(tx) = SINK.get() else { return };
+            let tx = SINK.get()?;
             *c = Some(CoreState {
                 rec: CoreRecorder::default(),
                 epoch: EPOCH.load(Relaxed),
+                gen: VERSIONS_GEN.load(Relaxed),
                 tx: tx.clone(),
+                versions: Vec::new(),
+                next_id: 0,
+                end_id: 0,
             });
         }
-        let Some(st) = c.as_mut() else { return };
+        let st = c.as_mut()?;
         let e = EPOCH.load(Relaxed);
         if e != st.epoch {
             st.epoch = e;
-            let _ = st.tx.send(st.rec.take());
+            let _ = st.tx.send(Msg::Latency(st.rec.take()));
+            let drift: Vec<(u32, DriftCounts)> = st
+                .versions
+                .iter_mut()
+                .filter_map(|v| {
+                    let c = v.counts.as_mut().filter(|c| !c.is_empty())?;
+                    let out = (v.idx, c.clone());
+                    c.clear();
+                    Some(out)
+                })
+                .collect();
+            if !drift.is_empty() {
+                let _ = st.tx.send(Msg::Drift(drift));
+            }
         }
-        f(&mut st.rec);
-    });
+        Some(f(st))
+    })
+}
+
+/// Element `i` of little-endian tensor bytes as f64; NaN when out of range.
+fn element(dtype: DType, data: &[u8], i: usize) -> f64 {
+    let at = |n: usize| data.get(i * n..i * n + n);
+    match dtype {
+        DType::F32 => at(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64),
+        DType::F64 => at(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())),
+        DType::I64 => at(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64),
+        DType::I32 => at(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64),
+        DType::U8 | DType::Bool => at(1).map(|b| b[0] as f64),
+    }
+    .unwrap_or(f64::NAN)
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A request about to be answered: counts its rows into the version's drift bins (first
+/// input against the reference features, first output against the reference outputs),
+/// queues its rows for the prediction log, and returns the id of its first row (0 when
+/// telemetry is off). Called by the core that answers, before it encodes the answer.
+pub fn record_prediction(
+    model: &str,
+    version: &str,
+    input: Option<&TensorView<'_>>,
+    output: Option<&OutputTensor>,
+    rows: usize,
+) -> u64 {
+    with_core(|st| {
+        let rows = rows.max(1);
+        let first_id = st.take_ids(rows as u64);
+        let out_dt = output.and_then(|o| o.dtype);
+        let out_width = output.map_or(0, |o| o.shape.iter().product::<usize>() / rows);
+        let out_at = |row: usize, col: usize| match (output, out_dt) {
+            (Some(o), Some(dt)) if col < out_width => element(dt, &o.data, row * out_width + col),
+            _ => f64::NAN,
+        };
+        let v = st.version(model, version);
+        let idx = v.idx;
+        if let (Some(r), Some(c)) = (v.reference.as_deref(), v.counts.as_mut()) {
+            let in_width = input.map_or(0, |t| t.shape.iter().product::<usize>() / rows);
+            for row in 0..rows {
+                let in_at = |col: usize| match input {
+                    Some(t) if col < in_width => element(t.dtype, t.data, row * in_width + col),
+                    _ => f64::NAN,
+                };
+                c.observe_with(r, in_at, |col| out_at(row, col));
+            }
+        }
+        let outputs = (0..rows.min(LOG_ROWS_MAX)).map(|r| out_at(r, 0)).collect();
+        let _ = st.tx.send(Msg::Predicted {
+            ver: idx,
+            first_id,
+            ts_ms: wall_ms(),
+            outputs,
+        });
+        first_id
+    })
+    .unwrap_or(0)
 }
 
 /// A request answered: called by the core that answered it.
 pub fn record_ok(model: &str, version: &str, total: Duration, queue: Duration, compute: Duration) {
-    with_core(|r| {
-        r.record_ok(
+    with_core(|st| {
+        st.rec.record_ok(
             model,
             version,
             DEFAULT_ARM,
@@ -86,15 +324,105 @@ pub fn record_ok(model: &str, version: &str, total: Duration, queue: Duration, c
 
 /// A request failed with wire error `code`.
 pub fn record_error(model: &str, version: &str, code: u32, total: Duration) {
-    with_core(|r| r.record_error(model, version, DEFAULT_ARM, code, total.as_micros() as u64));
+    with_core(|st| {
+        st.rec
+            .record_error(model, version, DEFAULT_ARM, code, total.as_micros() as u64)
+    });
+}
+
+/// Hands a FEEDBACK to the control thread for the join; the receiver yields its answer
+/// (polled by the core: a monoio core takes no wake-ups from other threads).
+/// Refused at once (the typed error to send) when it names nothing or telemetry is off.
+pub fn feedback(req: FeedbackRequest) -> Result<Receiver<FeedbackReply>, (ErrorCode, String)> {
+    let tx = match (ON.load(Relaxed), SINK.get()) {
+        (true, Some(tx)) => tx,
+        _ => {
+            return Err((
+                ErrorCode::NotImplemented,
+                "FEEDBACK needs telemetry: this server runs with [telemetry] enabled = false"
+                    .into(),
+            ))
+        }
+    };
+    if req.prediction_id == 0 && req.entity.is_empty() {
+        return Err((
+            ErrorCode::BadInput,
+            "FEEDBACK names no prediction: set prediction_id, or entity (and timestamp_ms)".into(),
+        ));
+    }
+    if !req.label.is_finite() {
+        return Err((
+            ErrorCode::BadInput,
+            format!("FEEDBACK label {} is not a finite number", req.label),
+        ));
+    }
+    let (reply, rx) = mpsc::sync_channel(1);
+    tx.send(Msg::Feedback(req, reply))
+        .map_err(|_| (ErrorCode::ShuttingDown, "telemetry has stopped".to_owned()))?;
+    Ok(rx)
 }
 
 /// Reports an event (model lifecycle, engine fallback, …); a no-op when telemetry is off.
 pub fn emit(ev: Event) {
-    if let Some(tx) = EVENTS.get() {
-        let _ = tx.send(ev);
+    if let Some(tx) = SINK.get() {
+        let _ = tx.send(Msg::Event(ev));
     }
 }
+
+// === latency mirror for /metrics ===
+
+/// Per series, the latest interval's latency report, for `/metrics` (the same numbers as
+/// the `latency` topic, so a scrape and a subscriber agree).
+static LAST_LATENCY: Mutex<Vec<LatencyReport>> = Mutex::new(Vec::new());
+
+/// Appends the latency mirror in Prometheus text format (nothing while telemetry is off).
+pub fn write_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let reports = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
+    if reports.is_empty() {
+        return;
+    }
+    let name = "edgeinfer_telemetry_latency_us";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request latency over the last telemetry interval (as published on the latency topic), by quantile."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for r in reports.iter() {
+        for (q, v) in [
+            ("0.5", r.p50_us),
+            ("0.9", r.p90_us),
+            ("0.99", r.p99_us),
+            ("1", r.max_us),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{model=\"{}\",version=\"{}\",arm=\"{}\",quantile=\"{q}\"}} {v}",
+                escape(&r.model),
+                escape(&r.version),
+                escape(&r.arm)
+            );
+        }
+    }
+    let name = "edgeinfer_telemetry_interval_requests";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests in the last telemetry interval."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for r in reports.iter() {
+        let _ = writeln!(
+            out,
+            "{name}{{model=\"{}\",version=\"{}\",arm=\"{}\"}} {}",
+            escape(&r.model),
+            escape(&r.version),
+            escape(&r.arm),
+            r.count
+        );
+    }
+}
+
+// === start ===
 
 /// Running telemetry: dropping it stops the control thread and the MQTT task.
 pub struct Telemetry {
@@ -122,6 +450,12 @@ impl Drop for Telemetry {
     }
 }
 
+/// Reads a model's monitoring file (reference statistics and baseline).
+pub fn read_monitoring(path: &Path) -> anyhow::Result<ModelMonitoring> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ModelMonitoring::from_json(&bytes).with_context(|| format!("{}", path.display()))
+}
+
 /// Starts telemetry if `[telemetry] enabled`; `None` otherwise. Nothing here can stop the
 /// daemon from serving once started: broker trouble only fills the outbox.
 pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Telemetry>> {
@@ -142,6 +476,29 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         Outbox::open(&dir, limits, clock.clone())
             .with_context(|| format!("telemetry outbox {}", dir.display()))?,
     );
+    let log_dir = t.prediction_log_dir(&cfg.state_dir);
+    let predlog = PredictionLog::open(
+        &log_dir,
+        t.prediction_log_max_bytes,
+        t.prediction_log_ttl_s.saturating_mul(1000),
+        clock.clone(),
+    )
+    .with_context(|| format!("telemetry prediction log {}", log_dir.display()))?;
+    // Ids continue above anything logged before (a restart must never reuse an id that a
+    // client may still send FEEDBACK for), and above the wall clock in µs, so a log lost
+    // with its directory still does not bring old ids back within the TTL.
+    let floor = predlog.max_id().ok().flatten().unwrap_or(0) + ID_BLOCK;
+    NEXT_ID.store(floor.max(wall_ms().saturating_mul(1000)), Relaxed);
+
+    let mut monitoring = BTreeMap::new();
+    for m in &cfg.models {
+        if let Some(p) = &m.monitoring {
+            let mon = read_monitoring(p)
+                .with_context(|| format!("model {:?} version {:?}", m.name, m.version))?;
+            monitoring.insert((m.name.clone(), m.version.clone()), mon);
+        }
+    }
+
     let topics = Topics {
         prefix: t.topic_prefix.clone(),
         device: device.clone(),
@@ -182,23 +539,29 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         accuracy_max_relative_drop: t.accuracy_max_relative_drop,
     };
     let mut hub = Hub::new(topics, outbox.clone(), clock.clone(), settings);
+    for v in table.snapshot().versions() {
+        let mon = monitoring
+            .remove(&(v.name.clone(), v.version.clone()))
+            .unwrap_or_default();
+        set_reference(&v.name, &v.version, mon.reference.clone());
+        hub.add_version(&v.name, &v.version, mon.reference, mon.baseline);
+    }
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let _ = SINK.set(tx);
     // A fresh `online` after every CONNACK replaces the retained Last Will.
-    let (connected_tx, connected_rx) = mpsc::channel::<()>();
     let publisher = Publisher::spawn(
         pcfg,
         outbox.clone(),
         clock,
-        Box::new(move || {
-            let _ = connected_tx.send(());
+        Box::new(|| {
+            if let Some(tx) = SINK.get() {
+                let _ = tx.send(Msg::Connected);
+            }
         }),
     )?;
     hub.set_waker(publisher.waker());
     let stats = publisher.stats().clone();
 
-    let (lat_tx, lat_rx) = mpsc::channel();
-    let (ev_tx, ev_rx) = mpsc::channel();
-    let _ = SINK.set(lat_tx);
-    let _ = EVENTS.set(ev_tx);
     ON.store(true, Relaxed);
     for v in table.snapshot().versions() {
         emit(Event::ModelInstalled {
@@ -212,16 +575,13 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
     let thread = std::thread::Builder::new()
         .name("edgeinfer-telemetry".into())
         .spawn(move || {
-            control(
+            Control {
                 hub,
-                publisher,
-                table,
-                interval,
-                s,
-                lat_rx,
-                ev_rx,
-                connected_rx,
-            )
+                predlog,
+                pending: Vec::new(),
+                last_flush: Instant::now(),
+            }
+            .run(publisher, table, interval, s, rx)
         })
         .context("telemetry thread")?;
     Ok(Some(Telemetry {
@@ -263,48 +623,199 @@ fn status(table: &ModelTable, outbox: &Outbox, started: Instant) -> Status {
     }
 }
 
-/// The control thread: events as they come, everything else once per interval.
-#[allow(clippy::too_many_arguments)]
-fn control(
-    mut hub: Hub,
-    publisher: Publisher,
-    table: Arc<ModelTable>,
-    interval: Duration,
-    stop: Arc<AtomicBool>,
-    lat_rx: Receiver<Vec<Series>>,
-    ev_rx: Receiver<Event>,
-    connected_rx: Receiver<()>,
-) {
-    let started = Instant::now();
-    let mut next = Instant::now() + interval;
-    let report = |r: edgeinfer_telemetry::Result<()>| {
-        if let Err(e) = r {
-            tracing::warn!("telemetry: {e}");
-        }
-    };
-    report(hub.status(&status(&table, hub.outbox(), started)));
-    while !stop.load(Relaxed) {
-        while let Ok(ev) = ev_rx.try_recv() {
-            report(hub.emit(ev));
-        }
-        if connected_rx.try_recv().is_ok() {
-            while connected_rx.try_recv().is_ok() {}
-            report(hub.status(&status(&table, hub.outbox(), started)));
-        }
-        if Instant::now() >= next {
-            next += interval;
-            // Cores hand over on their next request after the bump; what an idle core
-            // holds is reported with its next interval.
-            EPOCH.fetch_add(1, Relaxed);
-            while let Ok(s) = lat_rx.try_recv() {
-                hub.add_latency(s);
-            }
-            report(hub.tick().map(|_| ()));
-            report(hub.gpu(&edgeinfer_telemetry::gpu::read_gpus()).map(|_| ()));
-            report(hub.status(&status(&table, hub.outbox(), started)));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+// === the control thread ===
+
+struct Control {
+    hub: Hub,
+    predlog: PredictionLog,
+    /// Predictions not yet written to the log.
+    pending: Vec<PredictionRecord>,
+    last_flush: Instant,
+}
+
+fn report(r: edgeinfer_telemetry::Result<()>) {
+    if let Err(e) = r {
+        tracing::warn!("telemetry: {e}");
     }
-    ON.store(false, Relaxed);
-    publisher.stop();
+}
+
+impl Control {
+    /// Messages as they come, everything else once per interval.
+    fn run(
+        mut self,
+        publisher: Publisher,
+        table: Arc<ModelTable>,
+        interval: Duration,
+        stop: Arc<AtomicBool>,
+        rx: Receiver<Msg>,
+    ) {
+        let started = Instant::now();
+        let mut next = Instant::now() + interval;
+        report(self.hub.status(&status(&table, self.hub.outbox(), started)));
+        while !stop.load(Relaxed) {
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(LOG_FLUSH);
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Connected) => {
+                    report(self.hub.status(&status(&table, self.hub.outbox(), started)))
+                }
+                Ok(m) => self.handle(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if !self.pending.is_empty()
+                && (self.pending.len() >= LOG_BATCH || self.last_flush.elapsed() >= LOG_FLUSH)
+            {
+                self.flush();
+            }
+            if Instant::now() >= next {
+                next += interval;
+                // Cores hand over on their next request after the bump; what an idle core
+                // holds is reported with its next interval.
+                EPOCH.fetch_add(1, Relaxed);
+                match self.hub.tick() {
+                    Ok((lat, _)) => {
+                        // Per series, the latest interval that saw requests.
+                        let mut last = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
+                        for r in lat {
+                            let same = |o: &LatencyReport| {
+                                (&o.model, &o.version, &o.arm) == (&r.model, &r.version, &r.arm)
+                            };
+                            match last.iter_mut().find(|o| same(o)) {
+                                Some(o) => *o = r,
+                                None => last.push(r),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("telemetry: {e}"),
+                }
+                report(
+                    self.hub
+                        .gpu(&edgeinfer_telemetry::gpu::read_gpus())
+                        .map(|_| ()),
+                );
+                report(self.hub.status(&status(&table, self.hub.outbox(), started)));
+            }
+        }
+        self.flush();
+        ON.store(false, Relaxed);
+        publisher.stop();
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Latency(s) => self.hub.add_latency(s),
+            Msg::Drift(d) => {
+                for (i, c) in d {
+                    if let Some((m, v)) = version_names(i) {
+                        self.hub.add_drift(&m, &v, &c);
+                    }
+                }
+            }
+            Msg::Predicted {
+                ver,
+                first_id,
+                ts_ms,
+                outputs,
+            } => {
+                let Some((model, version)) = version_names(ver) else {
+                    return;
+                };
+                for (k, output) in outputs.into_iter().enumerate() {
+                    self.pending.push(PredictionRecord {
+                        id: first_id + k as u64,
+                        ts_ms,
+                        model: model.clone(),
+                        version: version.clone(),
+                        arm: DEFAULT_ARM.into(),
+                        entity: String::new(),
+                        output,
+                    });
+                }
+            }
+            Msg::Event(ev) => report(self.hub.emit(ev)),
+            Msg::Feedback(req, reply) => {
+                let answer = self.join(&req);
+                let _ = reply.send(answer);
+            }
+            Msg::Connected => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.predlog.insert(&self.pending) {
+            tracing::warn!("telemetry: prediction log: {e}");
+        }
+        self.pending.clear();
+    }
+
+    /// FEEDBACK joined to the log, counted in its accuracy window.
+    fn join(&mut self, req: &FeedbackRequest) -> FeedbackReply {
+        // Whatever was predicted before this FEEDBACK was sent is in `pending` by now.
+        self.flush();
+        let key = if req.prediction_id != 0 {
+            FeedbackKey::RequestId(req.prediction_id)
+        } else {
+            FeedbackKey::Entity {
+                entity: &req.entity,
+                ts_ms: if req.timestamp_ms == 0 {
+                    wall_ms()
+                } else {
+                    req.timestamp_ms
+                },
+            }
+        };
+        let rec = self.predlog.lookup(&key).map_err(|e| {
+            let code = match e.kind() {
+                ErrorKind::UnknownRequestId => ErrorCode::UnknownRequestId,
+                ErrorKind::InvalidInput => ErrorCode::BadInput,
+                _ => ErrorCode::Internal,
+            };
+            (code, e.to_string())
+        })?;
+        if rec.output.is_nan() {
+            return Err((
+                ErrorCode::BadInput,
+                format!(
+                    "prediction {} has no numeric first output to compare a label with",
+                    rec.id
+                ),
+            ));
+        }
+        self.hub
+            .feedback(&rec.model, &rec.version, &rec.arm, rec.output, req.label)
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        Ok(FeedbackResponse {
+            prediction_id: rec.id,
+            model: rec.model,
+            version: rec.version,
+            arm: rec.arm,
+            predicted: rec.output,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_are_read_little_endian_by_dtype_and_nan_past_the_end() {
+        let f: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(element(DType::F32, &f, 1), -2.0);
+        assert!(element(DType::F32, &f, 2).is_nan());
+        let i: Vec<u8> = [7i64, -3].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(element(DType::I64, &i, 1), -3.0);
+        assert_eq!(element(DType::U8, &[9], 0), 9.0);
+        assert_eq!(element(DType::F64, &4.25f64.to_le_bytes(), 0), 4.25);
+        assert_eq!(element(DType::I32, &(-5i32).to_le_bytes(), 0), -5.0);
+    }
 }

@@ -24,10 +24,12 @@ pub enum ErrorCode {
     Unauthenticated = 14,
     /// The feature store refused or failed: map full, not enabled, a stored row unreadable.
     FeatureStore = 15,
+    /// FEEDBACK named a prediction the log does not hold (never served, or past its TTL).
+    UnknownRequestId = 16,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOpcode,
@@ -43,6 +45,7 @@ impl ErrorCode {
         ErrorCode::TooManyInFlight,
         ErrorCode::Unauthenticated,
         ErrorCode::FeatureStore,
+        ErrorCode::UnknownRequestId,
     ];
 
     pub const fn from_u32(v: u32) -> Option<ErrorCode> {
@@ -62,6 +65,7 @@ impl ErrorCode {
             13 => ErrorCode::TooManyInFlight,
             14 => ErrorCode::Unauthenticated,
             15 => ErrorCode::FeatureStore,
+            16 => ErrorCode::UnknownRequestId,
             _ => return None,
         })
     }
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::TooManyInFlight => "TOO_MANY_IN_FLIGHT",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::FeatureStore => "FEATURE_STORE",
+            ErrorCode::UnknownRequestId => "UNKNOWN_REQUEST_ID",
         }
     }
 

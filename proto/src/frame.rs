@@ -6,9 +6,10 @@ use prost::Message;
 use crate::header::align_up;
 use crate::tensor::byte_len;
 use crate::{
-    frame_layout, DType, ErrorCode, ErrorResponse, Header, HealthRequest, HealthResponse, Hello,
-    HelloResponse, Limits, MetadataRequest, ModelMetadata, Opcode, PredictRequest, PredictResponse,
-    ProtoError, TensorMeta, TensorProblem, TensorView, HEADER_LEN, KNOWN_FLAGS,
+    frame_layout, DType, ErrorCode, ErrorResponse, FeedbackRequest, FeedbackResponse, Header,
+    HealthRequest, HealthResponse, Hello, HelloResponse, Limits, MetadataRequest, ModelMetadata,
+    Opcode, PredictRequest, PredictResponse, ProtoError, TensorMeta, TensorProblem, TensorView,
+    HEADER_LEN, KNOWN_FLAGS,
 };
 
 static ZEROS: [u8; 64] = [0u8; 64];
@@ -305,13 +306,15 @@ pub enum Payload<'a> {
     Health(HealthRequest),
     HealthResponse(HealthResponse),
     Error(ErrorResponse),
+    Feedback(FeedbackRequest),
+    FeedbackResponse(FeedbackResponse),
     PredictByEntity(crate::PredictByEntityRequest),
     PredictByEntityResponse(crate::PredictByEntityResponseView<'a>),
     PutFeatures(crate::PutFeaturesRequest),
     PutFeaturesResponse(crate::PutFeaturesResponse),
     GetFeatures(crate::GetFeaturesRequest),
     GetFeaturesResponse(crate::GetFeaturesResponse),
-    /// FEEDBACK and its response: messages not defined yet.
+    /// An opcode of §3 whose messages are not defined yet (none in v1 today).
     Reserved {
         opcode: Opcode,
         meta: &'a [u8],
@@ -341,6 +344,8 @@ pub fn decode_payload_with<'a>(
         Opcode::Health => Payload::Health(decode_message(header, body)?),
         Opcode::HealthResponse => Payload::HealthResponse(decode_message(header, body)?),
         Opcode::Error => Payload::Error(decode_message(header, body)?),
+        Opcode::Feedback => Payload::Feedback(decode_message(header, body)?),
+        Opcode::FeedbackResponse => Payload::FeedbackResponse(decode_message(header, body)?),
         Opcode::PredictByEntity => Payload::PredictByEntity(decode_message(header, body)?),
         Opcode::PredictByEntityResponse => Payload::PredictByEntityResponse(
             crate::decode_predict_by_entity_response(header, body, limits)?,
@@ -349,10 +354,6 @@ pub fn decode_payload_with<'a>(
         Opcode::PutFeaturesResponse => Payload::PutFeaturesResponse(decode_message(header, body)?),
         Opcode::GetFeatures => Payload::GetFeatures(decode_message(header, body)?),
         Opcode::GetFeaturesResponse => Payload::GetFeaturesResponse(decode_message(header, body)?),
-        opcode @ (Opcode::Feedback | Opcode::FeedbackResponse) => {
-            let (meta, data) = split_body(header, body)?;
-            Payload::Reserved { opcode, meta, data }
-        }
     })
 }
 

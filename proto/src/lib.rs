@@ -37,8 +37,9 @@ pub use header::{
     ALIGN, FLAG_END_OF_STREAM, HEADER_LEN, KNOWN_FLAGS, MAGIC, SUPPORTED_VERSIONS, VERSION,
 };
 pub use msg::{
-    ErrorResponse, HealthRequest, HealthResponse, Hello, HelloResponse, MetadataRequest,
-    ModelMetadata, ModelStatus, PredictRequest, PredictResponse, TensorMeta, TensorSpecMsg,
+    ErrorResponse, FeedbackRequest, FeedbackResponse, HealthRequest, HealthResponse, Hello,
+    HelloResponse, MetadataRequest, ModelMetadata, ModelStatus, PredictRequest, PredictResponse,
+    TensorMeta, TensorSpecMsg,
 };
 pub use prost;
 pub use tensor::{byte_len, element_count, DType, Tensor, TensorView};

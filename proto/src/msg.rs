@@ -61,6 +61,10 @@ pub struct PredictResponse {
     /// Time spent in the engine in µs.
     #[prost(uint64, tag = "6")]
     pub compute_us: u64,
+    /// Id of the request's first row in the prediction log (row `k` is `prediction_id + k`),
+    /// for FEEDBACK; 0 = not logged (telemetry off).
+    #[prost(uint64, tag = "7")]
+    pub prediction_id: u64,
 }
 
 /// ERROR (0xFF), the answer to any request that failed.
@@ -200,4 +204,40 @@ pub struct HealthResponse {
     pub ready: bool,
     #[prost(message, repeated, tag = "2")]
     pub models: Vec<ModelStatus>,
+}
+
+/// FEEDBACK (0x06): the true label or value of one logged prediction, named by its
+/// prediction id or by an entity and a time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FeedbackRequest {
+    /// A `prediction_id` from PREDICT_RESPONSE (plus the row); 0 = use `entity`.
+    #[prost(uint64, tag = "1")]
+    pub prediction_id: u64,
+    /// The entity of a PREDICT_BY_ENTITY request: the latest prediction for it at or before
+    /// `timestamp_ms` is labelled.
+    #[prost(string, tag = "2")]
+    pub entity: String,
+    /// Unix milliseconds; 0 = now.
+    #[prost(uint64, tag = "3")]
+    pub timestamp_ms: u64,
+    /// The true class id or regression value.
+    #[prost(double, tag = "4")]
+    pub label: f64,
+}
+
+/// FEEDBACK_RESPONSE (0x86): what the label was joined to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FeedbackResponse {
+    #[prost(uint64, tag = "1")]
+    pub prediction_id: u64,
+    #[prost(string, tag = "2")]
+    pub model: String,
+    #[prost(string, tag = "3")]
+    pub version: String,
+    /// The A/B arm that served the prediction.
+    #[prost(string, tag = "4")]
+    pub arm: String,
+    /// What the model predicted (its first output of that row).
+    #[prost(double, tag = "5")]
+    pub predicted: f64,
 }

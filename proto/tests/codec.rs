@@ -254,6 +254,17 @@ proptest! {
     }
 
     #[test]
+    fn feedback_roundtrip(id: u64, pid: u64, entity in "\\PC{0,10}", ts: u64, label: f64, predicted: f64) {
+        let req = FeedbackRequest { prediction_id: pid, entity: entity.clone(), timestamp_ms: ts, label };
+        let resp = FeedbackResponse { prediction_id: pid, model: entity, version: "2".into(), arm: "b".into(), predicted };
+        // NaN never equals itself: compare the bits through a re-encode instead.
+        if !label.is_nan() && !predicted.is_nan() {
+            roundtrip(Opcode::Feedback, id, &req, |p| match p { Payload::Feedback(m) => Some(m), _ => None });
+            roundtrip(Opcode::FeedbackResponse, id, &resp, |p| match p { Payload::FeedbackResponse(m) => Some(m), _ => None });
+        }
+    }
+
+    #[test]
     fn error_roundtrip(id: u64, m in error_response()) {
         roundtrip(Opcode::Error, id, &m, |p| match p { Payload::Error(m) => Some(m), _ => None });
     }
@@ -280,7 +291,7 @@ proptest! {
 
     #[test]
     fn predict_response_roundtrip_head_plus_vectored_data(id: u64, ts in tensors(6), queue_us: u64, compute_us: u64) {
-        let mut resp = PredictResponse { model: "m".into(), version: "3".into(), outputs: vec![], backend: "ort-cpu".into(), queue_us, compute_us };
+        let mut resp = PredictResponse { model: "m".into(), version: "3".into(), outputs: vec![], backend: "ort-cpu".into(), queue_us, compute_us, prediction_id: queue_us ^ compute_us };
         let mut whole = Vec::new();
         encode_predict_response(id, &mut resp, &views(&ts), &mut whole).unwrap();
         // What a server's writev produces: head, then each output and its padding but the last's.
@@ -790,6 +801,7 @@ fn codes_opcodes_and_dtypes_are_stable() {
             (13, "TOO_MANY_IN_FLIGHT"),
             (14, "UNAUTHENTICATED"),
             (15, "FEATURE_STORE"),
+            (16, "UNKNOWN_REQUEST_ID"),
         ]
     );
     for c in ErrorCode::ALL {

@@ -75,6 +75,46 @@ fn example_unauthenticated() -> Vec<u8> {
     out
 }
 
+/// FEEDBACK: the true label 1 for prediction 300.
+fn example_feedback() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = FeedbackRequest {
+        prediction_id: 300,
+        label: 1.0,
+        ..Default::default()
+    };
+    encode_message(Opcode::Feedback, 7, &msg, &mut out).unwrap();
+    out
+}
+
+/// Its answer: what the label was joined to.
+fn example_feedback_response() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = FeedbackResponse {
+        prediction_id: 300,
+        model: "churn".into(),
+        version: "1".into(),
+        arm: "default".into(),
+        predicted: 1.0,
+    };
+    encode_message(Opcode::FeedbackResponse, 7, &msg, &mut out).unwrap();
+    out
+}
+
+/// FEEDBACK for a prediction the log does not hold.
+fn example_unknown_request_id() -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_error(
+        7,
+        ErrorCode::UnknownRequestId,
+        "no prediction 300",
+        0,
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
 /// `offset: hex bytes` lines of 16 bytes, grouped by 4.
 fn hexdump(bytes: &[u8]) -> String {
     let mut s = String::new();
@@ -127,6 +167,9 @@ fn protocol_doc_examples_match_the_encoder() {
         ("error-frame", example_error()),
         ("hello-token-frame", example_hello_with_token()),
         ("unauthenticated-frame", example_unauthenticated()),
+        ("feedback-frame", example_feedback()),
+        ("feedback-response-frame", example_feedback_response()),
+        ("unknown-request-id-frame", example_unknown_request_id()),
     ] {
         // The examples must themselves be valid frames.
         let f = decode_frame(&frame).unwrap();

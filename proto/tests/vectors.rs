@@ -175,6 +175,7 @@ fn encode(v: &Value) -> Vec<u8> {
                 backend: s(&f["backend"]),
                 queue_us: u(&f["queue_us"]),
                 compute_us: u(&f["compute_us"]),
+                prediction_id: f.get("prediction_id").map_or(0, u),
             };
             encode_predict_response(id, &mut resp, &views, &mut out).unwrap();
             assert_eq!(
@@ -236,6 +237,25 @@ fn encode(v: &Value) -> Vec<u8> {
             };
             head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
         }
+        "FeedbackRequest" => {
+            let m = FeedbackRequest {
+                prediction_id: u(&f["prediction_id"]),
+                entity: s(&f["entity"]),
+                timestamp_ms: u(&f["timestamp_ms"]),
+                label: f["label"].as_f64().unwrap(),
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
+        "FeedbackResponse" => {
+            let m = FeedbackResponse {
+                prediction_id: u(&f["prediction_id"]),
+                model: s(&f["model"]),
+                version: s(&f["version"]),
+                arm: s(&f["arm"]),
+                predicted: f["predicted"].as_f64().unwrap(),
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
         "HealthRequest" => {
             head(
                 &|o| encode_frame_head(op, flags, id, &HealthRequest {}, 0, o),
@@ -276,7 +296,8 @@ fn decode(frame: &[u8]) -> Result<(Value, &'static str, Value, Vec<Tensor>), Pro
             let r = &view.response;
             let fields = json!({"model": r.model, "version": r.version,
                 "outputs": r.outputs.iter().map(tensor_meta_json).collect::<Vec<_>>(),
-                "backend": r.backend, "queue_us": r.queue_us, "compute_us": r.compute_us});
+                "backend": r.backend, "queue_us": r.queue_us, "compute_us": r.compute_us,
+                "prediction_id": r.prediction_id});
             (h, "PredictResponse", fields, ts)
         }
         Payload::Error(m) => (
@@ -316,6 +337,20 @@ fn decode(frame: &[u8]) -> Result<(Value, &'static str, Value, Vec<Tensor>), Pro
             vec![],
         ),
         Payload::Health(_) => (h, "HealthRequest", json!({}), vec![]),
+        Payload::Feedback(m) => (
+            h,
+            "FeedbackRequest",
+            json!({"prediction_id": m.prediction_id, "entity": m.entity,
+                   "timestamp_ms": m.timestamp_ms, "label": m.label}),
+            vec![],
+        ),
+        Payload::FeedbackResponse(m) => (
+            h,
+            "FeedbackResponse",
+            json!({"prediction_id": m.prediction_id, "model": m.model, "version": m.version,
+                   "arm": m.arm, "predicted": m.predicted}),
+            vec![],
+        ),
         Payload::HealthResponse(m) => (
             h,
             "HealthResponse",

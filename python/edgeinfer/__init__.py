@@ -11,7 +11,8 @@ from .errors import (ERRORS, BadFrame, BadInput, ConnectionClosed, DeadlineExcee
                      EdgeInferError, FeatureStore, FrameTooLarge, InputError, Internal,
                      NotImplementedByServer, NotReady, Overloaded, ProtocolError, ServerError,
                      ShuttingDown, Timeout, TooManyInFlight, Unauthenticated, Unavailable,
-                     UnknownModel, UnknownOpcode, UnsupportedVersion, server_error)
+                     UnknownModel, UnknownOpcode, UnknownRequestId, UnsupportedVersion,
+                     server_error)
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,5 @@ __all__ = [
     "InputError",
     "Internal", "NotImplementedByServer", "NotReady", "Overloaded", "ProtocolError",
     "ServerError", "ShuttingDown", "Timeout", "TooManyInFlight", "Unauthenticated",
-    "Unavailable", "UnknownModel", "UnknownOpcode", "UnsupportedVersion", "server_error",
+    "Unavailable", "UnknownModel", "UnknownOpcode", "UnknownRequestId", "UnsupportedVersion", "server_error",
 ]

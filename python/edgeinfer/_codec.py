@@ -8,6 +8,7 @@ proto/tests/vectors/ check both against the Rust codec).
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -32,6 +33,7 @@ HELLO_RESPONSE = 0x81
 PREDICT_RESPONSE = 0x82
 METADATA_RESPONSE = 0x83
 HEALTH_RESPONSE = 0x84
+FEEDBACK_RESPONSE = 0x86
 ERROR = 0xFF
 OPCODES = {
     0x01: "HELLO",
@@ -147,7 +149,7 @@ def read_varint(buf, pos: int, end: int) -> tuple[int, int]:
 
 
 # === messages (§5) ===
-# field kinds: str, u32, u64, i64, bool, bytes, optstr (proto3 `optional string`),
+# field kinds: str, u32, u64, i64, f64 (double), bool, bytes, optstr (proto3 `optional string`),
 # rstr (repeated string), pu32 / pu64 / pi64 (packed repeated scalars), and ("msg", Name)
 # for a repeated message.
 
@@ -159,7 +161,12 @@ SCHEMAS: dict[str, list[tuple[int, str, object]]] = {
                        (5, "deadline_us", "u64"), (6, "routing_key", "bytes")],
     "PredictResponse": [(1, "model", "str"), (2, "version", "str"),
                         (3, "outputs", ("msg", "TensorMeta")), (4, "backend", "str"),
-                        (5, "queue_us", "u64"), (6, "compute_us", "u64")],
+                        (5, "queue_us", "u64"), (6, "compute_us", "u64"),
+                        (7, "prediction_id", "u64")],
+    "FeedbackRequest": [(1, "prediction_id", "u64"), (2, "entity", "str"),
+                        (3, "timestamp_ms", "u64"), (4, "label", "f64")],
+    "FeedbackResponse": [(1, "prediction_id", "u64"), (2, "model", "str"), (3, "version", "str"),
+                         (4, "arm", "str"), (5, "predicted", "f64")],
     "ErrorResponse": [(1, "code", "u32"), (2, "message", "str"), (3, "retry_after_ms", "u64")],
     "Hello": [(1, "versions", "pu32"), (2, "client", "str"), (3, "token", "str")],
     "HelloResponse": [(1, "version", "u32"), (2, "max_frame_bytes", "u64"),
@@ -189,10 +196,12 @@ MESSAGE_OF = {
     PREDICT_RESPONSE: "PredictResponse",
     METADATA_RESPONSE: "ModelMetadata",
     HEALTH_RESPONSE: "HealthResponse",
+    FEEDBACK: "FeedbackRequest",
+    FEEDBACK_RESPONSE: "FeedbackResponse",
     ERROR: "ErrorResponse",
 }
 TAKES_DATA = (PREDICT, PREDICT_RESPONSE)
-_DEFAULTS = {"str": "", "u32": 0, "u64": 0, "i64": 0, "bool": False, "bytes": b"",
+_DEFAULTS = {"str": "", "u32": 0, "u64": 0, "i64": 0, "f64": 0.0, "bool": False, "bytes": b"",
              "optstr": None, "rstr": (), "pu32": (), "pu64": (), "pi64": ()}
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -234,6 +243,10 @@ def encode_message(name: str, fields: dict) -> bytes:
         elif kind == "bool":
             if v:
                 out.append(bytes((tag << 3, 1)))
+        elif kind == "f64":
+            # proto3 skips 0.0 (and only +0.0: -0.0 has a sign bit to keep), as prost does.
+            if v != 0.0 or math.copysign(1.0, v) < 0:
+                out.append(varint(tag << 3 | 1) + struct.pack("<d", v))
         elif v:  # u32, u64, i64
             out.append(varint(tag << 3) + varint(int(v)))
     return b"".join(out)
@@ -270,8 +283,8 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
             payload = (pos, pos + n)
             pos += n
         elif wt == 1:
+            payload = (pos, pos + 8)
             pos += 8
-            payload = None
             v = None
         elif wt == 5:
             pos += 4
@@ -290,6 +303,8 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
             ok = wt in (0, 2)
         elif isinstance(kind, tuple) or kind in ("str", "optstr", "bytes", "rstr"):
             ok = wt == 2
+        elif kind == "f64":
+            ok = wt == 1
         else:
             ok = wt == 0
         if not ok:
@@ -318,6 +333,8 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
                     out[key].append(_check_scalar(scalar, x))
         elif kind == "bool":
             out[key] = v != 0
+        elif kind == "f64":
+            out[key] = struct.unpack_from("<d", bytes(buf[payload[0]:payload[1]]))[0]
         else:
             out[key] = _check_scalar(kind, v)
     return out

@@ -274,7 +274,8 @@ def decode_predict_response(buf, meta_end: int, data_offset: int, total: int):
     """(outputs dict of numpy views over `buf`, version, backend, queue_us, compute_us)."""
     try:
         return _decode_predict_response(buf, meta_end, data_offset, total)
-    except (IndexError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+    except (IndexError, ValueError, c.CodecError) as e:  # UnicodeDecodeError is a ValueError
+        # CodecError: a multi-byte varint cut off by the end of the metadata.
         raise ProtocolError(f"unreadable PREDICT_RESPONSE: {e}") from None
 
 
@@ -319,6 +320,8 @@ def _decode_predict_response(buf, meta_end, data_offset, total):
             queue_us = n
         elif key == 0x30:
             compute_us = n
+        elif key == 0x38:
+            pass  # prediction_id (telemetry on): not part of this tuple
         else:
             # Anything unusual (a field added later, a multi-byte key): the generic decoder.
             return _decode_predict_response_slow(buf, meta_end, data_offset, total)

@@ -138,12 +138,17 @@ class FeatureStore(ServerError):
     """The server's feature store failed (map full: nothing written; reads go on)."""
 
 
+@_code(16, "UNKNOWN_REQUEST_ID")
+class UnknownRequestId(ServerError):
+    """FEEDBACK named a prediction the server's log does not hold (never served, expired)."""
+
+
 ERRORS: dict[int, type[ServerError]] = {
     cls.code: cls
     for cls in (BadFrame, UnsupportedVersion, UnknownOpcode, UnknownModel, BadInput,
                 Overloaded, DeadlineExceeded, FrameTooLarge, Internal, NotReady,
                 NotImplementedByServer, ShuttingDown, TooManyInFlight, Unauthenticated,
-                FeatureStore)
+                FeatureStore, UnknownRequestId)
 }
 
 

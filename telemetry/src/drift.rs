@@ -370,6 +370,36 @@ impl DriftCounts {
         }
     }
 
+    /// Counts one row read through accessors (column → value; NaN = missing), so a caller
+    /// can count straight from tensor bytes without building a row.
+    pub fn observe_with(
+        &mut self,
+        r: &ReferenceStats,
+        input: impl Fn(usize) -> f64,
+        output: impl Fn(usize) -> f64,
+    ) {
+        self.rows += 1;
+        for (f, c) in r.features.iter().zip(&mut self.features) {
+            c[f.dist.bin_of(input(f.column))] += 1;
+        }
+        for (f, c) in r.outputs.iter().zip(&mut self.outputs) {
+            c[f.dist.bin_of(output(f.column))] += 1;
+        }
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Zeroes every counter, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.rows = 0;
+        for c in self.features.iter_mut().chain(self.outputs.iter_mut()) {
+            c.iter_mut().for_each(|x| *x = 0);
+        }
+    }
+
     /// Adds `other` (same reference) into `self`.
     pub fn merge(&mut self, other: &DriftCounts) {
         self.rows += other.rows;

@@ -225,6 +225,19 @@ impl PredictionLog {
         }
     }
 
+    /// The highest id logged (ids only grow, so a restart continues above it).
+    pub fn max_id(&self) -> Result<Option<u64>> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(|e| Error::store("prediction log read", e))?;
+        Ok(self
+            .by_id
+            .last(&rtxn)
+            .map_err(|e| Error::store("prediction log last", e))?
+            .map(|(id, _)| id))
+    }
+
     pub fn len(&self) -> Result<u64> {
         let rtxn = self
             .env

@@ -45,6 +45,7 @@ def on_message(client, userdata, msg):
         out["type"] = payload.get("type")
         out["state"] = payload.get("state")
         out["features"] = payload.get("features") if level == "events" else None
+        out["payload"] = payload
         v = validators.get(level)
         if v is None:
             out["error"] = f"unknown topic level {level!r}"

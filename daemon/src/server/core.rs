@@ -530,6 +530,7 @@ impl Core {
             Some(Opcode::Health) => decode_message::<proto::HealthRequest>(header, body)
                 .map_err(|e| Refusal::new(e.kind(), e.to_string()))
                 .map(|_| self.message_response(Opcode::HealthResponse, id, &self.health())),
+            Some(Opcode::Feedback) => return self.feedback(conn, header, body),
             Some(Opcode::PredictByEntity) => {
                 return super::entity::admit(self, conn, header, body, now)
             }
@@ -551,6 +552,52 @@ impl Core {
         };
         let r = answer.unwrap_or_else(|r| self.error_response(id, r.code, &r.message));
         conn.push(r);
+        FrameAction::Done
+    }
+
+    /// FEEDBACK: the join runs on the telemetry control thread (it must see every
+    /// prediction logged before it); the answer is pushed when it comes back, so the core
+    /// serves others meanwhile. Counted in flight like a PREDICT.
+    fn feedback(&self, conn: &Rc<Conn>, header: &Header, body: &[u8]) -> FrameAction {
+        let id = header.request_id;
+        let rx = decode_message::<proto::FeedbackRequest>(header, body)
+            .map_err(|e| (e.kind(), e.to_string()))
+            .and_then(crate::telemetry_glue::feedback);
+        let rx = match rx {
+            Ok(rx) => rx,
+            Err((code, msg)) => {
+                conn.push(self.error_response(id, code, &msg));
+                return FrameAction::Done;
+            }
+        };
+        conn.job_started();
+        let conn = conn.clone();
+        monoio::spawn(async move {
+            let core = conn.core.clone();
+            // The join takes the control thread tens of µs: a few turns of this core, then
+            // millisecond naps (a core takes no wake-ups from other threads).
+            let mut turns = 0u32;
+            let answer = loop {
+                match rx.try_recv() {
+                    Err(std::sync::mpsc::TryRecvError::Empty) if turns < 32 => {
+                        turns += 1;
+                        super::notify::yield_now().await;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        monoio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    Ok(a) => break Some(a),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => break None,
+                }
+            };
+            let r = match answer {
+                Some(Ok(msg)) => core.message_response(Opcode::FeedbackResponse, id, &msg),
+                Some(Err((code, msg))) => core.error_response(id, code, &msg),
+                None => core.error_response(id, ErrorCode::ShuttingDown, "telemetry stopped"),
+            };
+            conn.push(r);
+            conn.job_finished();
+        });
         FrameAction::Done
     }
 
@@ -1116,6 +1163,14 @@ impl Core {
             set_str(&mut meta.backend, v.model.backend().name());
             meta.queue_us = queue.as_micros() as u64;
             meta.compute_us = compute.as_micros() as u64;
+            // Drift counters and the prediction log (telemetry; one relaxed load when off).
+            meta.prediction_id = crate::telemetry_glue::record_prediction(
+                &v.name,
+                &v.version,
+                (!job.p.order.is_empty()).then(|| job.input(0)).as_ref(),
+                out.tensors.first(),
+                job.p.rows,
+            );
             let mut views: SmallVec<[proto::TensorView<'_>; 8]> = SmallVec::new();
             let mut ok = true;
             for &k in &job.p.sel {

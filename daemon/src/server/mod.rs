@@ -158,7 +158,7 @@ pub struct Listeners {
 }
 
 /// Number of wire error codes, plus one so codes index directly.
-pub const ERROR_CODE_SLOTS: usize = 16;
+pub const ERROR_CODE_SLOTS: usize = 32;
 
 /// Server-wide counters for metrics, all relaxed atomics.
 #[derive(Debug)]

@@ -174,7 +174,8 @@ impl Consumer {
         let python = std::env::var("EDGEINFER_TEST_MQTT_PYTHON").expect(
             "EDGEINFER_TEST_MQTT_PYTHON is not set: run tools/ci/test.sh (tools/ci/provision-telemetry.sh makes .cache/venv-mqtt)",
         );
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // From the manifest of whichever crate includes this file (the daemon's tests do too).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../telemetry");
         let mut child = Command::new(python)
             .arg(root.join("tests/consumer.py"))
             .arg("127.0.0.1")

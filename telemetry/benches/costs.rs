@@ -1,0 +1,94 @@
+//! Telemetry cost figures in one run (benches/RESULTS.md, "Telemetry"): outbox write cost
+//! per message (one message per commit, as events are written, and batches of 64, as an
+//! interval's latency and drift reports are), drift state memory per model version, and
+//! what counting one row into the drift bins costs a core.
+//!
+//! Run: `bash benches/telemetry.sh` (or `cargo bench -p edgeinfer-telemetry --bench costs`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgeinfer_telemetry::drift::{
+    normal_samples, DriftCounts, DriftWindow, FeatureRef, ReferenceStats,
+};
+use edgeinfer_telemetry::events::Event;
+use edgeinfer_telemetry::messages::Topics;
+use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
+use edgeinfer_telemetry::SystemClock;
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = OutboxLimits {
+        max_bytes: 256 << 20,
+        max_age_ms: 3600 * 1000,
+    };
+    let outbox = Outbox::open(dir.path(), limits, Arc::new(SystemClock)).unwrap();
+    let topics = Topics {
+        prefix: "edgeinfer".into(),
+        device: "bench".into(),
+    };
+    let ev = Event::ModelSwapped {
+        model: "churn".into(),
+        from: "1".into(),
+        to: "2".into(),
+    };
+    let msg = || topics.message("events", &ev, Some("churn"), Some("2"));
+    let n = 2_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        outbox.append(vec![msg()]).unwrap();
+    }
+    let single = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let batches = 100;
+    let t = Instant::now();
+    for _ in 0..batches {
+        outbox.append((0..64).map(|_| msg()).collect()).unwrap();
+    }
+    let batched = t.elapsed().as_secs_f64() * 1e6 / (batches * 64) as f64;
+    let bytes = serde_json::to_vec(&msg().payload).unwrap().len();
+    println!(
+        "outbox write, 1 message per commit (fsync'd): {single:.1} µs/message ({bytes} B payload)"
+    );
+    println!("outbox write, 64 messages per commit: {batched:.1} µs/message");
+
+    for features in [20usize, 100] {
+        let r = ReferenceStats {
+            features: (0..features)
+                .map(|c| {
+                    let s = normal_samples(5_000, 0.0, 1.0, c as u64);
+                    FeatureRef::numeric_from_samples(&format!("f{c}"), c, &s)
+                })
+                .collect(),
+            outputs: vec![FeatureRef::categorical_from_samples(
+                "label",
+                0,
+                &[0, 1, 1, 0, 1],
+                10,
+            )],
+        };
+        let w = DriftWindow::new(r.clone(), 1000, 10_000, 0);
+        // Per version: the open window on the control thread plus one set of counters on
+        // each serving core (this machine: 2).
+        let core = DriftCounts::for_reference(&r);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let total = w.heap_bytes() + cores * core.heap_bytes();
+        println!(
+            "drift counters, {features} numeric features + 1 categorical output: {} B per window, {} B per core; {total} B per model version on {cores} cores (reference itself {} B as JSON)",
+            w.heap_bytes(),
+            core.heap_bytes(),
+            serde_json::to_vec(&r).unwrap().len()
+        );
+        let rows: Vec<f64> = normal_samples(features * 1000, 0.0, 1.0, 99);
+        let mut c = DriftCounts::for_reference(&r);
+        let reps = 200;
+        let t = Instant::now();
+        for _ in 0..reps {
+            for row in rows.chunks(features) {
+                c.observe_with(&r, |i| row.get(i).copied().unwrap_or(f64::NAN), |_| 1.0);
+            }
+        }
+        let per_row = t.elapsed().as_secs_f64() * 1e9 / (reps * 1000) as f64;
+        println!("drift counting on a core, {features} features: {per_row:.0} ns per row");
+        std::hint::black_box(&c);
+    }
+}
