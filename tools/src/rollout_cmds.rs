@@ -1,17 +1,26 @@
 //! `edgeinfer rollout`: the operator's side of a fleet rollout. `set` writes the signed
 //! rollout directive (`rollout/<name>.json`, a TUF target) into the release repository and
-//! signs it; `show` prints the directive and where given devices land.
+//! signs it; `show` prints the directive and where given devices land; `status` listens to
+//! the fleet's telemetry on the broker and summarises it; `advance` checks the documented
+//! gates on that summary before it signs the next canary step.
 //!
-//! The directive type, its validation and the bucketing are the rollout crate's; the
-//! repository editing and signing are the release tooling's (`edgeinfer_registry::release`).
+//! The directive type, its validation, the bucketing and the gates are the rollout crate's;
+//! the repository editing and signing are the release tooling's
+//! (`edgeinfer_registry::release`); this file only wires them to flags, files and MQTT.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use edgeinfer_registry::release::{DirDestination, NoProgress, Repo, SigningKey};
 use edgeinfer_rollout::bucket::bucket;
-use edgeinfer_rollout::{Canary, Candidate, InDeviceSplit, RolloutDirective};
+use edgeinfer_rollout::fleet::{check_gates, FleetSummary, FleetView, Gates};
+use edgeinfer_rollout::{Canary, Candidate, InDeviceSplit, RolloutConfig, RolloutDirective};
+use edgeinfer_telemetry::config::BrokerAddr;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{Client, Event, MqttOptions};
 
 #[derive(Args)]
 pub struct RolloutArgs {
@@ -26,6 +35,62 @@ enum RolloutCommand {
     Set(SetArgs),
     /// Print the directive in the repository, and which devices it puts in the canary.
     Show(ShowArgs),
+    /// Listen to the fleet's telemetry and summarise it: devices per version, per-version
+    /// requests, errors, p99 and accuracy, and rollbacks.
+    Status(StatusArgs),
+    /// Check the gates (no rollback, canary devices reporting, the candidate judged against
+    /// stable across the fleet), then raise the canary percent and sign; refuses otherwise.
+    Advance(AdvanceArgs),
+}
+
+/// Where the fleet's telemetry is heard.
+#[derive(Args)]
+struct BrokerArgs {
+    /// The MQTT broker the devices publish to: mqtt://HOST[:PORT] (plain TCP).
+    #[arg(long)]
+    broker: String,
+    /// The devices' `[telemetry] topic_prefix`.
+    #[arg(long, default_value = "edgeinfer")]
+    prefix: String,
+    /// How long to listen. Status is retained and arrives at once; latency, accuracy and
+    /// events count only if published while listening, so listen at least one interval.
+    #[arg(long, default_value_t = 10)]
+    listen_s: u64,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AdvanceArgs {
+    #[arg(long, env = "EDGEINFER_RELEASE_DIR", default_value = ".")]
+    dir: PathBuf,
+    #[arg(long)]
+    model: String,
+    /// The next canary percent; must be above the current one.
+    #[arg(long)]
+    to: f64,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Devices that must report serving the candidate.
+    #[arg(long, default_value_t = 1)]
+    min_canary_devices: u64,
+    /// A TOML file whose `[rollout]` section sets the judge's thresholds (the devices'
+    /// config works); default: the documented defaults.
+    #[arg(long)]
+    thresholds: Option<PathBuf>,
+    #[arg(long = "key")]
+    keys: Vec<PathBuf>,
+    #[arg(long)]
+    publish: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -78,6 +143,8 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
     match a.command {
         RolloutCommand::Set(a) => set(a),
         RolloutCommand::Show(a) => show(a),
+        RolloutCommand::Status(a) => status(a),
+        RolloutCommand::Advance(a) => advance(a),
     }
 }
 
@@ -138,15 +205,31 @@ fn set(a: SetArgs) -> Result<()> {
             );
         }
     }
+    write_directive(
+        &mut repo,
+        &d,
+        previous.as_ref(),
+        &a.keys,
+        a.publish.as_ref(),
+    )
+}
+
+/// Stages `d` as `rollout/<model>.json`, signs with `keys`, publishes to `publish`.
+fn write_directive(
+    repo: &mut Repo,
+    d: &RolloutDirective,
+    previous: Option<&RolloutDirective>,
+    keys: &[PathBuf],
+    publish: Option<&PathBuf>,
+) -> Result<()> {
     let path = target_path(&d.model);
     repo.put_target(&path, &d.to_bytes(), None)?;
-    println!("{path} staged: {}", describe(&d));
-    if let Some(p) = &previous {
+    println!("{path} staged: {}", describe(d));
+    if let Some(p) = previous {
         println!("  was: {}", describe(p));
     }
-    if !a.keys.is_empty() {
-        let keys = a
-            .keys
+    if !keys.is_empty() {
+        let keys = keys
             .iter()
             .map(|p| SigningKey::load(p))
             .collect::<Result<Vec<_>, _>>()?;
@@ -156,7 +239,7 @@ fn set(a: SetArgs) -> Result<()> {
     for s in repo.status()? {
         println!("  {s}");
     }
-    if let Some(dir) = &a.publish {
+    if let Some(dir) = publish {
         let report = repo.publish(&DirDestination::new(dir.clone()), &mut NoProgress)?;
         println!(
             "published to {}: {} files, {} bytes",
@@ -206,4 +289,157 @@ fn show(a: ShowArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// === status and advance ===
+
+/// Subscribes to the fleet's status, latency, accuracy and events for `listen_s` seconds.
+fn listen(b: &BrokerArgs, model: &str) -> Result<FleetView> {
+    let addr = BrokerAddr::parse(&b.broker).map_err(anyhow::Error::msg)?;
+    if addr.tls {
+        bail!(
+            "{}: mqtts:// is not supported by this command yet",
+            b.broker
+        );
+    }
+    let id = format!("edgeinfer-rollout-{}", std::process::id());
+    let mut opts = MqttOptions::new(id, addr.host, addr.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_start(true);
+    let (client, mut conn) = Client::new(opts, 256);
+    for level in ["status", "latency", "accuracy", "events"] {
+        client
+            .subscribe(format!("{}/+/{level}", b.prefix), QoS::AtLeastOnce)
+            .context("queueing a subscription")?;
+    }
+    let mut view = FleetView::new(model);
+    let (mut subscribed, mut heard) = (0, 0u64);
+    let end = Instant::now() + Duration::from_secs(b.listen_s);
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match conn.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed += 1,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                heard += view.ingest(&String::from_utf8_lossy(&p.topic), &p.payload) as u64;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("broker {}: {e}", b.broker),
+            Err(_) => break,
+        }
+    }
+    let _ = client.disconnect();
+    if subscribed < 4 {
+        bail!(
+            "broker {} did not confirm the subscriptions within {} s",
+            b.broker,
+            b.listen_s
+        );
+    }
+    eprintln!("heard {heard} messages about {model:?} in {} s", b.listen_s);
+    Ok(view)
+}
+
+fn print_summary(s: &FleetSummary) {
+    println!(
+        "model {}: {} devices ({} offline)",
+        s.model, s.devices, s.offline
+    );
+    println!("version  devices  requests  error_rate  p99_us  accuracy  labels");
+    for (v, e) in &s.versions {
+        let rate = if e.requests > 0 {
+            format!("{:.4}", e.errors as f64 / e.requests as f64)
+        } else {
+            "-".into()
+        };
+        let p99 = e.p99_us.map_or("-".into(), |p| p.to_string());
+        let acc = e.accuracy.map_or("-".into(), |a| format!("{a:.4}"));
+        println!(
+            "{v:<8} {:>7} {:>9} {rate:>11} {p99:>7} {acc:>9} {:>7}",
+            e.devices, e.requests, e.labels
+        );
+    }
+    println!("rollbacks: {}", s.rollbacks.len());
+    for r in &s.rollbacks {
+        println!("  {}: {} -> {}: {}", r.device, r.from, r.to, r.reason);
+    }
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let summary = listen(&a.broker, &a.model)?.summary();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// The `[rollout]` section of a TOML file (other sections are ignored), validated.
+fn thresholds(path: Option<&PathBuf>) -> Result<RolloutConfig> {
+    let Some(path) = path else {
+        return Ok(RolloutConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let cfg: RolloutConfig = match file.remove("rollout") {
+        Some(section) => section
+            .try_into()
+            .with_context(|| format!("{}: [rollout]", path.display()))?,
+        None => RolloutConfig::default(),
+    };
+    if let Some(p) = cfg.validate().first() {
+        bail!("{}: {}: {}", path.display(), p.key, p.message);
+    }
+    Ok(cfg)
+}
+
+fn advance(a: AdvanceArgs) -> Result<()> {
+    let cfg = thresholds(a.thresholds.as_ref())?;
+    let mut repo = Repo::open(&a.dir)?;
+    let Some(current) = current(&repo, &a.model)? else {
+        bail!("{} has no {}", a.dir.display(), target_path(&a.model));
+    };
+    let Some(c) = &current.candidate else {
+        bail!(
+            "the directive has no candidate to advance: {}",
+            describe(&current)
+        );
+    };
+    if a.to <= c.canary.percent {
+        bail!(
+            "--to {} is not above the current {}% (use `rollout set` to lower it)",
+            a.to,
+            c.canary.percent
+        );
+    }
+    let summary = listen(&a.broker, &a.model)?.summary();
+    print_summary(&summary);
+    let gates = Gates {
+        min_canary_devices: a.min_canary_devices,
+    };
+    let refusals = check_gates(&summary, &current, &cfg, &gates);
+    if !refusals.is_empty() {
+        bail!(
+            "refusing to advance {} beyond {}%:\n  {}",
+            a.model,
+            c.canary.percent,
+            refusals.join("\n  ")
+        );
+    }
+    let mut next = current.clone();
+    if let Some(nc) = next.candidate.as_mut() {
+        nc.canary.percent = a.to;
+    }
+    next.validate()
+        .map_err(edgeinfer_rollout::Error::from)
+        .context("the next step is refused")?;
+    println!("gates passed");
+    write_directive(
+        &mut repo,
+        &next,
+        Some(&current),
+        &a.keys,
+        a.publish.as_ref(),
+    )
 }

@@ -248,3 +248,237 @@ fn show_places_devices_with_the_documented_bucketing() {
     assert!(out.contains("box-0003: bucket 878 < 1000: 4"), "{out}");
     assert!(out.contains("box-0001: bucket 6645 >= 1000: 3"), "{out}");
 }
+
+// === status and advance, against a real broker ===
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{Client, MqttOptions};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// rumqttd in this process on a free loopback port (MQTT 5, as the daemons publish).
+fn start_broker() -> u16 {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5000,
+        max_payload_size: 1 << 20,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v5".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = Config {
+        router: RouterConfig {
+            max_connections: 16,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1 << 20,
+            max_segment_count: 10,
+            ..RouterConfig::default()
+        },
+        v5: Some(HashMap::from([("v5".to_owned(), server)])),
+        ..Config::default()
+    };
+    std::thread::spawn(move || {
+        let _ = Broker::new(config).start();
+    });
+    let t0 = Instant::now();
+    while TcpStream::connect(listen).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the broker never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    port
+}
+
+/// One simulated device's telemetry, in the shapes of docs/telemetry/.
+struct Device {
+    id: String,
+    version: &'static str,
+    accuracy: f64,
+    rolled_back: bool,
+}
+
+/// Publishes the devices' status, latency, accuracy (and rollback events) every 100 ms
+/// until dropped.
+struct FakeFleet {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FakeFleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+fn fake_fleet(port: u16, devices: Vec<Device>) -> FakeFleet {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (client, mut conn) = Client::new(MqttOptions::new("fleet-sim", "127.0.0.1", port), 512);
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if ev.is_err() || s.load(Relaxed) {
+                break;
+            }
+        }
+    });
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Relaxed) {
+            for d in &devices {
+                let topic = |level: &str| format!("edgeinfer/{}/{level}", d.id);
+                let status = json!({"schema": "edgeinfer.status/1", "device": d.id, "state": "online",
+                    "models": [{"name": "churn", "version": d.version, "backend": "tract", "default": true}]});
+                let latency = json!({"schema": "edgeinfer.latency/1", "device": d.id, "model": "churn",
+                    "version": d.version, "arm": "default", "count": 500, "ok": 499, "p99_us": 400});
+                let accuracy = json!({"schema": "edgeinfer.accuracy/1", "device": d.id, "model": "churn",
+                    "version": d.version, "arm": "default", "metric": "accuracy",
+                    "value": d.accuracy, "labels": 100});
+                let mut msgs = vec![
+                    (topic("status"), status),
+                    (topic("latency"), latency),
+                    (topic("accuracy"), accuracy),
+                ];
+                if d.rolled_back {
+                    msgs.push((
+                        topic("events"),
+                        json!({"schema": "edgeinfer.events/1", "device": d.id,
+                        "type": "model_rolled_back", "model": "churn", "from": "4", "to": "3",
+                        "reason": "error rate 0.0900 above 0.0100"}),
+                    ));
+                }
+                for (t, body) in msgs {
+                    let retain = t.ends_with("/status");
+                    if client
+                        .publish(t, QoS::AtLeastOnce, retain, body.to_string())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    FakeFleet { stop }
+}
+
+fn fleet(canary_accuracy: f64, rolled_back: Option<usize>) -> Vec<Device> {
+    (0..10)
+        .map(|i| Device {
+            id: format!("edge-{i:04}"),
+            version: if i < 2 { "4" } else { "3" },
+            accuracy: if i < 2 { canary_accuracy } else { 0.9 },
+            rolled_back: rolled_back == Some(i),
+        })
+        .collect()
+}
+
+fn broker_args(port: u16) -> Vec<String> {
+    words(&format!("--broker mqtt://127.0.0.1:{port} --listen-s 2"))
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn status_summarises_the_fleet_from_the_broker() {
+    let f = Fixture::new();
+    let port = start_broker();
+    let _sim = fake_fleet(port, fleet(0.91, Some(1)));
+    let mut args = words("rollout status --model churn --json");
+    let b = broker_args(port);
+    args.extend(b.iter().map(String::as_str));
+    let out = ok(&f.edgeinfer(&args));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
+    assert_eq!(v["devices"], 10, "{out}");
+    assert_eq!(v["versions"]["4"]["devices"], 2, "{out}");
+    assert_eq!(v["versions"]["3"]["devices"], 8, "{out}");
+    assert!(
+        v["versions"]["4"]["requests"].as_u64().unwrap() >= 1000,
+        "{out}"
+    );
+    assert_eq!(v["versions"]["3"]["p99_us"], 400, "{out}");
+    assert!(v["rollbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["device"] == "edge-0001"));
+    assert!(!v["rollbacks"].as_array().unwrap().is_empty(), "{out}");
+}
+
+#[test]
+fn advance_signs_the_next_step_only_when_the_gates_pass() {
+    let f = Fixture::new();
+    ok(&f.set(&words(
+        "--stable 3 --candidate 4 --percent 10 --salt churn-4",
+    )));
+    let port = start_broker();
+    let (dir, served) = (f.work.to_str().unwrap(), f.served.to_str().unwrap());
+    let (t, s, ts) = (f.key("targets"), f.key("snapshot"), f.key("timestamp"));
+    let advance = |to: &str| {
+        let mut args = words("rollout advance --model churn --dir");
+        args.extend([
+            dir,
+            "--to",
+            to,
+            "--key",
+            &t,
+            "--key",
+            &s,
+            "--key",
+            &ts,
+            "--publish",
+            served,
+        ]);
+        let b = broker_args(port);
+        args.extend(b.iter().map(String::as_str));
+        f.edgeinfer(&args)
+    };
+
+    // A canary device rolled the candidate back: refused, nothing signed.
+    let sim = fake_fleet(port, fleet(0.91, Some(0)));
+    let e = refused(&advance("25"));
+    assert!(
+        e.contains("refusing to advance") && e.contains("edge-0000"),
+        "{e}"
+    );
+    assert_eq!(f.device_view().candidate.unwrap().canary_bp(), 1000);
+    drop(sim);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Wrong predictions across the canary: refused by the fleet-wide judge.
+    let sim = fake_fleet(port, fleet(0.60, None));
+    let e = refused(&advance("25"));
+    assert!(e.contains("accuracy"), "{e}");
+    drop(sim);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Healthy: the next step is signed and published.
+    let _sim = fake_fleet(port, fleet(0.91, None));
+    let out = ok(&advance("25"));
+    assert!(out.contains("gates passed"), "{out}");
+    let d = f.device_view();
+    assert_eq!(d.candidate.unwrap().canary_bp(), 2500);
+    // Lowering goes through `rollout set`, not advance.
+    let e = refused(&advance("5"));
+    assert!(e.contains("not above"), "{e}");
+}
