@@ -292,13 +292,7 @@ impl Agent {
     ) {
         let id = (model.to_owned(), version.to_owned(), key.to_owned());
         if self.refused.insert(id) {
-            tracing::warn!(model, version, "registry: refused: {reason}");
-            deployer.event(&AgentEvent::Rejected {
-                model: model.to_owned(),
-                version: version.to_owned(),
-                kind,
-                reason,
-            });
+            report(deployer, model, version, kind, reason);
         }
     }
 
@@ -475,7 +469,9 @@ impl Agent {
                 }
             }
         }
-        let key = infos[1].url_hash().to_owned();
+        // A version is refused for good only by what its signed hashes name: bytes that
+        // failed in transit (a tampering mirror) are fetched again on the next poll.
+        let key = format!("{}:{}", infos[0].url_hash(), infos[1].url_hash());
         if self
             .refused
             .contains(&(name.to_owned(), v.to_owned(), key.clone()))
@@ -502,14 +498,7 @@ impl Agent {
                 Err(e) if is_transient(&e) => return Err(Transient(e)),
                 Err(e) => {
                     self.store.discard_staging(name, v);
-                    self.reject(
-                        deployer,
-                        name,
-                        v,
-                        &key,
-                        RejectKind::Target(e.kind),
-                        e.message,
-                    );
+                    report(deployer, name, v, RejectKind::Target(e.kind), e.message);
                     return Ok(None);
                 }
             }
@@ -586,6 +575,23 @@ impl Agent {
             thread: Some(thread),
         })
     }
+}
+
+/// Logs and reports a refusal.
+fn report(
+    deployer: &mut dyn Deployer,
+    model: &str,
+    version: &str,
+    kind: RejectKind,
+    reason: String,
+) {
+    tracing::warn!(model, version, "registry: refused: {reason}");
+    deployer.event(&AgentEvent::Rejected {
+        model: model.to_owned(),
+        version: version.to_owned(),
+        kind,
+        reason,
+    });
 }
 
 /// A transport or disk failure: not an attack, retried with backoff.
