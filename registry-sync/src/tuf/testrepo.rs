@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ring::digest;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 
 use super::canonical;
@@ -17,31 +16,25 @@ pub const EXPIRES: &str = "2100-01-01T00:00:00Z";
 /// 2030-01-01T00:00:00Z: the reference time tests run at.
 pub const NOW: i64 = 1_893_456_000;
 
+/// A test signer: the release tooling's Ed25519 key from a one-byte seed.
 pub struct Signer {
     pub keyid: String,
     pub public: Value,
-    pair: Ed25519KeyPair,
+    key: crate::release::SigningKey,
 }
 
 impl Signer {
     pub fn new(seed: u8) -> Signer {
-        let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
-        let public = json!({
-            "keytype": "ed25519", "scheme": "ed25519",
-            "keyval": {"public": hex_encode(pair.public_key().as_ref())}
-        });
-        let keyid = hex_encode(
-            digest::digest(&digest::SHA256, &canonical::encode(&public).unwrap()).as_ref(),
-        );
+        let key = crate::release::SigningKey::from_seed([seed; 32]).unwrap();
         Signer {
-            keyid,
-            public,
-            pair,
+            keyid: key.keyid().to_owned(),
+            public: key.public().clone(),
+            key,
         }
     }
 
     pub fn sign(&self, msg: &[u8]) -> String {
-        hex_encode(self.pair.sign(msg).as_ref())
+        self.key.sign(msg)
     }
 }
 
