@@ -8,6 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod model_table;
 pub mod registry_glue;
+pub mod rollout_glue;
 pub mod security;
 pub mod server;
 pub mod systemd;
