@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs edgeinferd on embedded defaults: the demo churn model on ./var/edgeinferd.sock,
-# 127.0.0.1:7700 (binary protocol) and 127.0.0.1:7701 (HTTP).
+# 127.0.0.1:7700 (binary protocol) and 127.0.0.1:7701 (HTTP), with the pull agent following
+# demo/registry/ (demo/edgeinferd.toml), which replaces it with the signed churn@1.
 #
 # First fetches ONNX Runtime's shared library into .cache/ort/ (idempotent; only the
 # library: the tests' Python venv is tools/ci/test.sh's business). Without it the daemon
@@ -16,4 +17,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash tools/ci/provision.sh --ort-only
 cargo build --release -p edgeinferd -p edgeinfer
-exec "$repo/target/release/edgeinferd" "$@"
+# Unless told otherwise, follow the signed demo repository (demo/registry/, demo keys): the
+# first run shows pull -> verify -> install -> serve of churn@1 (demo/README.md).
+args=("$@")
+case " $* " in
+*" --config"*) ;;
+*) args=(--config "$repo/demo/edgeinferd.toml" "$@") ;;
+esac
+exec "$repo/target/release/edgeinferd" "${args[@]}"
