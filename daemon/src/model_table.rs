@@ -355,6 +355,24 @@ impl Snapshot {
         }
     }
 
+    /// The version a request for `model` (pinned or not) is *about*, for metadata, readiness
+    /// and health: a pin as in [`Snapshot::resolve`], else the default version (never a
+    /// random arm of a split).
+    pub fn describe(
+        &self,
+        model: &str,
+        pin: Option<&str>,
+    ) -> Result<&Arc<ModelVersion>, ResolveError> {
+        match pin {
+            Some(p) if !p.is_empty() => self.resolve(model, pin, b""),
+            _ => self
+                .models
+                .get(model)
+                .map(ModelSlot::default_version)
+                .ok_or_else(|| ResolveError::UnknownModel(model.to_owned())),
+        }
+    }
+
     pub fn versions(&self) -> impl Iterator<Item = &Arc<ModelVersion>> {
         self.models.values().flat_map(|s| s.versions.iter())
     }
@@ -661,6 +679,11 @@ mod tests {
         ));
         // The default (unpinned, for health and metadata) is the heavier arm: stable.
         assert_eq!(snap.models["churn"].default_version().version, "3");
+        for _ in 0..50 {
+            assert_eq!(snap.describe("churn", None).unwrap().version, "3");
+        }
+        assert_eq!(snap.describe("churn", Some("@0")).unwrap().version, "4");
+        assert!(snap.describe("nope", None).is_err());
         // Not split: an arm pin is an error naming what is loaded.
         let single = Snapshot {
             generation: 1,

@@ -52,7 +52,7 @@ pub(super) async fn model_metadata_v(
 
 fn metadata(state: &HttpState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
     let snap = state.table.snapshot();
-    let v = snap.resolve(name, version, b"")?;
+    let v = snap.describe(name, version)?;
     let versions: Vec<&str> = match version {
         Some(_) => vec![v.version.as_str()],
         None => snap.models[name]
@@ -107,7 +107,7 @@ pub(super) async fn model_config_v(
 /// server-side batching dimension (`max_batch_size` 0), so the shapes are the model's own.
 fn config(state: &HttpState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
     let snap = state.table.snapshot();
-    let v = snap.resolve(name, version, b"")?;
+    let v = snap.describe(name, version)?;
     let tensors = |specs: &[TensorSpec]| -> Vec<Value> {
         specs
             .iter()
@@ -140,7 +140,7 @@ pub(super) async fn model_ready_v(
 
 fn ready(state: &HttpState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
     let snap = state.table.snapshot();
-    let v = snap.resolve(name, version, b"")?;
+    let v = snap.describe(name, version)?;
     if !v.is_ready() {
         return Err(ApiError::unavailable(format!(
             "model {name:?} version {:?} is not ready yet",

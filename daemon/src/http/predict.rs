@@ -198,7 +198,7 @@ fn predict_on(
 /// The FastAPI server's health answer, with the model `/predict` serves.
 pub(super) async fn health(State(state): State<Arc<HttpState>>) -> Result<Json<Value>, ApiError> {
     let snap = state.table.snapshot();
-    let v = snap.resolve(&state.predict_model, None, b"")?;
+    let v = snap.describe(&state.predict_model, None)?;
     if !v.is_ready() {
         return Err(ApiError::unavailable(format!(
             "model {:?} is not ready yet",

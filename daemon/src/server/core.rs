@@ -630,7 +630,7 @@ impl Core {
     fn metadata(&self, m: &MetadataRequest) -> Result<ModelMetadata, Refusal> {
         let snap = self.shared.table.load();
         let v = snap
-            .resolve(&m.model, m.version.as_deref(), b"")
+            .describe(&m.model, m.version.as_deref())
             .map_err(|e| Refusal::new(ErrorCode::UnknownModel, e.to_string()))?;
         let spec = |s: &edgeinfer_engine::TensorSpec| TensorSpecMsg {
             name: s.name.clone(),
