@@ -158,6 +158,9 @@ impl DaemonDeployer {
             }),
         };
         tracing::info!(model = name, version, backend = %model.backend(), samples = bundle.golden.len(), "golden samples match");
+        // Drift and accuracy of this version are judged against what its bundle carries.
+        let monitoring = crate::telemetry_glue::monitoring_of_bundle(&bundle);
+        crate::telemetry_glue::register_version(name, version, monitoring);
         Ok(Validated { model, serving })
     }
 
@@ -201,6 +204,24 @@ impl Deployer for DaemonDeployer {
         }
         self.swap_in(&name, &version, v)
             .map_err(|e| format!("{e:#}"))
+    }
+
+    /// The directive's stable version. Canary candidates (bucketing by device, the in-device
+    /// split, the judge) are the rollout work's `DeviceRollout`; until it is wired here, a
+    /// canary directive is followed by its stable version and the candidate is logged.
+    fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<String> {
+        match edgeinfer_rollout::RolloutDirective::parse_for(model, directive) {
+            Ok(d) => {
+                if let Some(c) = &d.candidate {
+                    tracing::info!(model, candidate = %c.version, stable = %d.stable, "rollout directive has a candidate; serving stable");
+                }
+                Some(d.stable)
+            }
+            Err(e) => {
+                tracing::warn!(model, "rollout directive refused: {e}");
+                None
+            }
+        }
     }
 
     fn event(&mut self, ev: &AgentEvent) {
@@ -383,4 +404,54 @@ pub fn start_with_clock(
         .spawn(Box::new(d))
         .context("spawning the registry thread")?;
     Ok(Some(Registry { handle, log }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_sets_are_one_row_and_sixty_four_rows_of_the_samples() {
+        let mut g = Vec::new();
+        for s in 0..2 {
+            let rows = 3;
+            g.push(serde_json::json!({
+                "inputs": [{"name": "x", "dtype": "f32", "shape": [rows, 2],
+                            "data": (0..rows * 2).map(|i| (s * 100 + i) as f64).collect::<Vec<_>>()}],
+                "outputs": [{"name": "y", "dtype": "f32", "shape": [rows], "data": vec![0.0; rows]}],
+            }));
+        }
+        let golden: Vec<edgeinfer_registry::release::bundle::GoldenSample> =
+            serde_json::from_value(serde_json::Value::Array(g)).unwrap();
+        let sets = {
+            let mut b: Bundle = serde_json::from_value(serde_json::json!({
+                "schema_version": 1, "name": "m", "version": "1",
+                "model": {"file": "model.onnx", "sha256": "0".repeat(64),
+                          "inputs": [{"name": "x", "dtype": "f32", "shape": [null, 2]}],
+                          "outputs": [{"name": "y", "dtype": "f32", "shape": [null]}]},
+                "golden": [],
+                "lineage": {"source": "t", "created": "2030-01-01T00:00:00Z", "tool": "t"}
+            }))
+            .unwrap();
+            b.golden = golden;
+            golden_sets(&b)
+        };
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0][0].shape, [1, 2]);
+        assert_eq!(sets[1][0].shape, [AUTO_BATCH_ROWS, 2]);
+        let f = |t: &InputTensor| -> Vec<f32> {
+            t.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(f(&sets[0][0]), [0.0, 1.0]);
+        // Rows of both samples in order (3 + 3), then again from the start.
+        let big = f(&sets[1][0]);
+        assert_eq!(
+            &big[..14],
+            &[0., 1., 2., 3., 4., 5., 100., 101., 102., 103., 104., 105., 0., 1.]
+        );
+        assert_eq!(big.len(), AUTO_BATCH_ROWS * 2);
+    }
 }

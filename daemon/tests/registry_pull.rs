@@ -134,3 +134,117 @@ fn pulls_over_http_and_resumes_an_interrupted_download_with_range() {
     installed(&d, n, "2");
     d.assert_serving("2");
 }
+
+#[test]
+fn a_version_whose_golden_samples_do_not_match_or_that_does_not_load_is_refused() {
+    use edgeinfer_registry::agent::RejectKind;
+    let mut env = Env::new();
+    let d = Daemon::start(&env.config(env.repo_dir().to_str().unwrap()), clock());
+    d.assert_serving("1");
+    // Version 2 claims a different label for the first golden row.
+    let model = churn_model();
+    let mut b: serde_json::Value =
+        serde_json::from_slice(&bundle_bytes("churn", "2", &model)).unwrap();
+    let label = &mut b["golden"][0]["outputs"][0];
+    assert_eq!(label["name"], "label");
+    let l0 = label["data"][0].as_f64().unwrap();
+    label["data"][0] = (1.0 - l0).into();
+    add_release_files(
+        &mut env.repo,
+        "churn",
+        "2",
+        2,
+        &model,
+        serde_json::to_vec(&b).unwrap(),
+    );
+    env.repo.publish(&["targets", "snapshot", "timestamp"]);
+    env.write();
+    let n = d.event_count();
+    d.poll();
+    let why = expect_rejection(&d, n, "mismatched golden samples", |k| {
+        *k == RejectKind::Validation
+    });
+    assert!(
+        why.contains("golden sample 0") && why.contains("label"),
+        "{why}"
+    );
+    d.assert_serving("1");
+    // Refused for good: the next poll does not download or report it again.
+    let n = d.event_count();
+    d.poll();
+    assert!(d.events_since(n).is_empty(), "{:?}", d.events_since(n));
+
+    // Version 3: bytes that are not a model (signed, hashes match, bundle names them).
+    let junk = vec![7u8; 4096];
+    let b = bundle_bytes("churn", "3", &junk);
+    add_release_files(&mut env.repo, "churn", "3", 3, &junk, b);
+    env.repo.publish(&["targets", "snapshot", "timestamp"]);
+    env.write();
+    let n = d.event_count();
+    d.poll();
+    let why = expect_rejection(&d, n, "a model that does not load", |k| {
+        *k == RejectKind::Validation
+    });
+    assert!(why.contains("cannot load"), "{why}");
+    d.assert_serving("1");
+    let store = InstallStore::open(&env.state_dir(), 2).unwrap();
+    assert!(!store.version_dir("churn", "2").exists() && !store.version_dir("churn", "3").exists());
+    assert_eq!(
+        store.load_state("churn").unwrap().active.as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn a_rollout_directive_chooses_the_version() {
+    let mut env = Env::new();
+    let d = Daemon::start(&env.config(env.repo_dir().to_str().unwrap()), clock());
+    let n = d.event_count();
+    publish_release(&mut env.repo, "churn", "2", 2, &churn_model());
+    env.write();
+    d.poll();
+    installed(&d, n, "2");
+    // The operator rolls back to 1 with a signed directive.
+    let directive = edgeinfer_rollout::RolloutDirective::stable_only("churn", "1").to_bytes();
+    env.repo
+        .add_target("targets", "rollout/churn.json", &directive);
+    env.repo.publish(&["targets", "snapshot", "timestamp"]);
+    env.write();
+    let n = d.event_count();
+    d.poll();
+    installed(&d, n, "1");
+    d.assert_serving("1");
+}
+
+#[test]
+fn engine_auto_decides_on_the_golden_samples_at_1_and_64_rows() {
+    let ort = std::env::var_os("ORT_DYLIB_PATH")
+        .expect("ORT_DYLIB_PATH must point at libonnxruntime.so.1.31.1 for this test (see README)");
+    assert!(std::path::Path::new(&ort).exists());
+    let env = Env::new();
+    let mut cfg = env.config(env.repo_dir().to_str().unwrap());
+    cfg.engine.default = edgeinfer_engine::EngineChoice::Auto;
+    cfg.engine.gpu = edgeinfer_engine::GpuPolicy::Never;
+    let d = Daemon::start(&cfg, clock());
+    d.assert_serving("1");
+    let snap = d.app.as_ref().unwrap().table().snapshot();
+    let v = snap.models["churn"].default_version();
+    assert_eq!(v.version, "1");
+    let report = &v.model.report;
+    assert_eq!(
+        report.candidates.len(),
+        2,
+        "ort-cpu and tract timed: {report:?}"
+    );
+    assert!(
+        report.candidates.iter().all(|c| c.matches_reference),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .reason
+            .contains("on the given samples at 1 and 64 rows"),
+        "{}",
+        report.reason
+    );
+}

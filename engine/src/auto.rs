@@ -555,6 +555,24 @@ fn choose_fastest(
             others.join(", ")
         )
     };
+    let reason = if samples.is_empty() {
+        reason
+    } else {
+        let rows: Vec<String> = samples
+            .iter()
+            .map(|s| {
+                s.first()
+                    .and_then(|t| t.shape.first())
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string()
+            })
+            .collect();
+        format!(
+            "{reason}, on the given samples at {} rows",
+            rows.join(" and ")
+        )
+    };
     tracing::info!(backend = %best.backend, %reason, "engine chosen");
     let chosen = loaded
         .into_iter()

@@ -75,6 +75,18 @@ pub fn bundle_bytes(name: &str, version: &str, model: &[u8]) -> Vec<u8> {
 /// identity, without publishing.
 pub fn add_release(repo: &mut Repo, name: &str, version: &str, counter: u64, model: &[u8]) {
     let bundle = bundle_bytes(name, version, model);
+    add_release_files(repo, name, version, counter, model, bundle);
+}
+
+/// [`add_release`] with the given `bundle.json` bytes.
+pub fn add_release_files(
+    repo: &mut Repo,
+    name: &str,
+    version: &str,
+    counter: u64,
+    model: &[u8],
+    bundle: Vec<u8>,
+) {
     let custom = TargetCustom {
         name: name.into(),
         version: version.into(),
