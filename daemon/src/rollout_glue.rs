@@ -3,7 +3,7 @@
 //! ([`Control::serve_rollout`]), and every window the candidate arm judged against the
 //! stable arm from the versions' own counters. A failed window rolls back at once (a
 //! routing change: stable never left the table), is written to the bad-version record
-//! before this returns, and comes back with its evidence for the event.
+//! before this returns, and is reported as a `model_rolled_back` event with its evidence.
 //!
 //! What is judged here: error rate (engine errors and deadline misses, not the client's bad
 //! input) and p99 latency, from [`VersionStats`]. Accuracy and prediction drift per arm come
@@ -207,6 +207,18 @@ impl RolloutGlue {
                 tracing::error!(model, "rolling back to stable: {e:#}");
             }
             tracing::warn!(model, version = %rb.bad.version, "candidate rolled back: {}", rb.bad.reason);
+            // The event carries the evidence in words (the failed signals and their limits);
+            // the record on disk keeps it structured.
+            let to = match &rb.decision.serve {
+                Serve::Stable { version } | Serve::Candidate { version } => version.clone(),
+                Serve::Split { stable, .. } => stable.clone(),
+            };
+            crate::telemetry_glue::emit(edgeinfer_telemetry::events::Event::ModelRolledBack {
+                model: model.to_owned(),
+                from: rb.bad.version.clone(),
+                to,
+                reason: rb.bad.reason.clone(),
+            });
         }
         self.mark(model);
         (verdict, rollback)
