@@ -78,6 +78,13 @@ fn load_engine_model(artifact: &ModelArtifact, load: &LoadOptions) -> anyhow::Re
     })?;
     for f in &model.report.fallbacks {
         tracing::warn!(model = %name, backend = %f.backend, "not using {}: {}", f.backend, f.reason);
+        crate::telemetry_glue::emit(edgeinfer_telemetry::events::Event::EngineFallback {
+            model: name.clone(),
+            version: version.clone(),
+            from: f.backend.name().to_owned(),
+            to: model.backend().name().to_owned(),
+            reason: f.reason.clone(),
+        });
     }
     tracing::info!(model = %name, version = %version, backend = %model.backend(), "{}", model.report.reason);
     Ok(model)

@@ -26,7 +26,7 @@ use edgeinfer_telemetry::hub::{Hub, HubSettings};
 use edgeinfer_telemetry::latency::{CoreRecorder, LatencyReport, Series};
 use edgeinfer_telemetry::messages::{ModelState, OutboxState, Status, Topics};
 use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
-use edgeinfer_telemetry::predlog::{FeedbackKey, PredictionLog, PredictionRecord};
+use edgeinfer_telemetry::predlog::{FeedbackKey, LogRow, PredictionLog};
 use edgeinfer_telemetry::publisher::{Publisher, PublisherConfig, PublisherStats};
 use edgeinfer_telemetry::{Clock, ErrorKind, ModelMonitoring, SystemClock};
 use smallvec::SmallVec;
@@ -62,6 +62,8 @@ enum Msg {
         outputs: SmallVec<[f64; 4]>,
     },
     Event(Event),
+    /// A version installed while serving (registry), with what it is monitored against.
+    Version(String, String, Box<ModelMonitoring>),
     Feedback(FeedbackRequest, mpsc::SyncSender<FeedbackReply>),
     Connected,
 }
@@ -362,10 +364,52 @@ pub fn feedback(req: FeedbackRequest) -> Result<Receiver<FeedbackReply>, (ErrorC
     Ok(rx)
 }
 
-/// Reports an event (model lifecycle, engine fallback, …); a no-op when telemetry is off.
+/// Events reported before telemetry started (engine fallbacks while the models load):
+/// published once it has. Bounded; a daemon with telemetry off never drains it.
+static EARLY: Mutex<Vec<Event>> = Mutex::new(Vec::new());
+const EARLY_MAX: usize = 256;
+
+/// Reports an event (model lifecycle, engine fallback, …). Before [`start`] it is kept for
+/// it; with telemetry off it goes nowhere.
 pub fn emit(ev: Event) {
+    match SINK.get() {
+        Some(tx) => {
+            let _ = tx.send(Msg::Event(ev));
+        }
+        None => {
+            let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
+            if early.len() < EARLY_MAX {
+                early.push(ev);
+            }
+        }
+    }
+}
+
+/// What a signed bundle says a version is monitored against (its reference statistics,
+/// with the bundle's default drift thresholds on features that carry none, and its primary
+/// baseline metric): the same type a `[[models]]` monitoring file is read into.
+pub fn monitoring_of_bundle(b: &edgeinfer_registry::release::bundle::Bundle) -> ModelMonitoring {
+    let mut reference = b.reference.clone();
+    for f in reference
+        .features
+        .iter_mut()
+        .chain(reference.outputs.iter_mut())
+    {
+        f.thresholds.get_or_insert(b.thresholds.drift);
+    }
+    let empty = reference.features.is_empty() && reference.outputs.is_empty();
+    ModelMonitoring {
+        reference: (!empty).then_some(reference),
+        baseline: b.baseline.primary,
+    }
+}
+
+/// Registers a version installed while serving (the registry agent calls it with
+/// [`monitoring_of_bundle`]): its drift windows and accuracy baseline start now.
+pub fn register_version(model: &str, version: &str, mon: ModelMonitoring) {
+    set_reference(model, version, mon.reference.clone());
     if let Some(tx) = SINK.get() {
-        let _ = tx.send(Msg::Event(ev));
+        let _ = tx.send(Msg::Version(model.into(), version.into(), Box::new(mon)));
     }
 }
 
@@ -563,6 +607,9 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
     let stats = publisher.stats().clone();
 
     ON.store(true, Relaxed);
+    for ev in std::mem::take(&mut *EARLY.lock().unwrap_or_else(|e| e.into_inner())) {
+        emit(ev);
+    }
     for v in table.snapshot().versions() {
         emit(Event::ModelInstalled {
             model: v.name.clone(),
@@ -579,6 +626,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
                 hub,
                 predlog,
                 pending: Vec::new(),
+                names: Vec::new(),
                 last_flush: Instant::now(),
             }
             .run(publisher, table, interval, s, rx)
@@ -628,8 +676,10 @@ fn status(table: &ModelTable, outbox: &Outbox, started: Instant) -> Status {
 struct Control {
     hub: Hub,
     predlog: PredictionLog,
-    /// Predictions not yet written to the log.
-    pending: Vec<PredictionRecord>,
+    /// Predictions not yet written to the log: (version index, id, time, output).
+    pending: Vec<(u32, u64, u64, f64)>,
+    /// Names of the version indices seen (a copy, so a flush takes no lock).
+    names: Vec<Option<(String, String)>>,
     last_flush: Instant,
 }
 
@@ -719,22 +769,20 @@ impl Control {
                 ts_ms,
                 outputs,
             } => {
-                let Some((model, version)) = version_names(ver) else {
-                    return;
-                };
+                let i = ver as usize;
+                if self.names.get(i).is_none_or(Option::is_none) {
+                    self.names.resize(self.names.len().max(i + 1), None);
+                    self.names[i] = version_names(ver);
+                }
                 for (k, output) in outputs.into_iter().enumerate() {
-                    self.pending.push(PredictionRecord {
-                        id: first_id + k as u64,
-                        ts_ms,
-                        model: model.clone(),
-                        version: version.clone(),
-                        arm: DEFAULT_ARM.into(),
-                        entity: String::new(),
-                        output,
-                    });
+                    self.pending.push((ver, first_id + k as u64, ts_ms, output));
                 }
             }
             Msg::Event(ev) => report(self.hub.emit(ev)),
+            Msg::Version(m, v, mon) => {
+                let mon = *mon;
+                self.hub.add_version(&m, &v, mon.reference, mon.baseline);
+            }
             Msg::Feedback(req, reply) => {
                 let answer = self.join(&req);
                 let _ = reply.send(answer);
@@ -748,7 +796,24 @@ impl Control {
         if self.pending.is_empty() {
             return;
         }
-        if let Err(e) = self.predlog.insert(&self.pending) {
+        let names = &self.names;
+        let rows: Vec<LogRow<'_>> = self
+            .pending
+            .iter()
+            .filter_map(|&(ver, id, ts_ms, output)| {
+                let (model, version) = names.get(ver as usize)?.as_ref()?;
+                Some(LogRow {
+                    id,
+                    ts_ms,
+                    model,
+                    version,
+                    arm: DEFAULT_ARM,
+                    entity: "",
+                    output,
+                })
+            })
+            .collect();
+        if let Err(e) = self.predlog.insert_rows(&rows) {
             tracing::warn!("telemetry: prediction log: {e}");
         }
         self.pending.clear();
@@ -803,6 +868,47 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_gives_its_reference_default_thresholds_and_primary_baseline() {
+        use edgeinfer_telemetry::drift::FeatureRef;
+        let samples: Vec<f64> = (0..100).map(f64::from).collect();
+        let mut own = FeatureRef::numeric_from_samples("own", 1, &samples);
+        own.thresholds = Some(edgeinfer_telemetry::drift::Thresholds {
+            psi_alert: 0.5,
+            ..Default::default()
+        });
+        let j = serde_json::json!({
+            "schema_version": 1, "name": "churn", "version": "2",
+            "model": {"file": "model.onnx", "sha256": "00", "inputs": [], "outputs": []},
+            "reference": {"features": [FeatureRef::numeric_from_samples("x", 0, &samples), own]},
+            "thresholds": {"drift": {"psi_warn": 0.05, "psi_alert": 0.07, "js_alert": 0.06, "linf_alert": 0.1}},
+            "baseline": {"metrics": {"accuracy": 0.93}, "primary": {"metric": "accuracy", "value": 0.93}},
+            "golden": [],
+            "lineage": {"source": "x.onnx", "created": "2026-12-01T00:00:00Z", "tool": "t"}
+        });
+        let b: edgeinfer_registry::release::bundle::Bundle = serde_json::from_value(j).unwrap();
+        let m = monitoring_of_bundle(&b);
+        let r = m.reference.unwrap();
+        assert_eq!(
+            r.features[0].thresholds.unwrap().psi_alert,
+            0.07,
+            "bundle default"
+        );
+        assert_eq!(
+            r.features[1].thresholds.unwrap().psi_alert,
+            0.5,
+            "its own kept"
+        );
+        assert_eq!(m.baseline.unwrap().value, 0.93);
+        let empty: edgeinfer_registry::release::bundle::Bundle = serde_json::from_value(
+            serde_json::json!({"schema_version": 1, "name": "a", "version": "1",
+                "model": {"file": "m", "sha256": "00", "inputs": [], "outputs": []}, "golden": [],
+                "lineage": {"source": "s", "created": "c", "tool": "t"}}),
+        )
+        .unwrap();
+        assert_eq!(monitoring_of_bundle(&empty), ModelMonitoring::default());
+    }
 
     #[test]
     fn elements_are_read_little_endian_by_dtype_and_nan_past_the_end() {

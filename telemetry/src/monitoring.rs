@@ -72,6 +72,18 @@ mod tests {
     use crate::drift::FeatureRef;
 
     #[test]
+    fn the_example_in_docs_telemetry_md_is_valid() {
+        let doc = include_str!("../../docs/telemetry.md");
+        let at = doc.find("### Monitoring file").expect("the section");
+        let open = at + doc[at..].find("```json\n").expect("a json block") + 8;
+        let close = open + doc[open..].find("```").unwrap();
+        let m = ModelMonitoring::from_json(&doc.as_bytes()[open..close]).unwrap();
+        let r = m.reference.unwrap();
+        assert_eq!((r.features.len(), r.outputs.len()), (2, 1));
+        assert!(r.features[0].thresholds.is_some() && m.baseline.is_some());
+    }
+
+    #[test]
     fn parses_reference_and_baseline_and_refuses_bad_shapes() {
         let samples: Vec<f64> = (0..1000).map(|i| i as f64).collect();
         let m = ModelMonitoring {

@@ -27,6 +27,33 @@ pub struct PredictionRecord {
     pub output: f64,
 }
 
+/// A prediction to log, borrowing its names: the daemon logs tens of thousands a second and
+/// must not allocate four strings for each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogRow<'a> {
+    pub id: u64,
+    pub ts_ms: u64,
+    pub model: &'a str,
+    pub version: &'a str,
+    pub arm: &'a str,
+    pub entity: &'a str,
+    pub output: f64,
+}
+
+impl PredictionRecord {
+    pub fn row(&self) -> LogRow<'_> {
+        LogRow {
+            id: self.id,
+            ts_ms: self.ts_ms,
+            model: &self.model,
+            version: &self.version,
+            arm: &self.arm,
+            entity: &self.entity,
+            output: self.output,
+        }
+    }
+}
+
 /// How FEEDBACK names the prediction it labels.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedbackKey<'a> {
@@ -90,6 +117,12 @@ impl PredictionLog {
     /// Logs a batch in one transaction, then expires what is past the TTL. When the map is
     /// full, the oldest half is dropped and the batch retried once.
     pub fn insert(&self, batch: &[PredictionRecord]) -> Result<()> {
+        let rows: Vec<LogRow<'_>> = batch.iter().map(PredictionRecord::row).collect();
+        self.insert_rows(&rows)
+    }
+
+    /// [`PredictionLog::insert`] from borrowed rows.
+    pub fn insert_rows(&self, batch: &[LogRow<'_>]) -> Result<()> {
         match self.try_insert(batch) {
             Err(e) if e.kind() == ErrorKind::Store && e.to_string().contains("MDB_MAP_FULL") => {
                 self.drop_oldest_half()?;
@@ -99,18 +132,20 @@ impl PredictionLog {
         }
     }
 
-    fn try_insert(&self, batch: &[PredictionRecord]) -> Result<()> {
+    fn try_insert(&self, batch: &[LogRow<'_>]) -> Result<()> {
         let mut wtxn = self
             .env
             .write_txn()
             .map_err(|e| Error::store("prediction log txn", e))?;
+        let mut buf = Vec::with_capacity(64);
         for r in batch {
+            encode_into(r, &mut buf);
             self.by_id
-                .put(&mut wtxn, &r.id, &encode(r))
+                .put(&mut wtxn, &r.id, &buf)
                 .map_err(|e| Error::store("prediction log put", e))?;
             if !r.entity.is_empty() {
                 self.by_entity
-                    .put(&mut wtxn, &entity_key(&r.entity, r.ts_ms, r.id), &())
+                    .put(&mut wtxn, &entity_key(r.entity, r.ts_ms, r.id), &())
                     .map_err(|e| Error::store("prediction log put", e))?;
             }
         }
@@ -263,16 +298,21 @@ fn entity_key(entity: &str, ts_ms: u64, id: u64) -> Vec<u8> {
 }
 
 // u64 ts | f64 output | 4 × (u16 len, bytes): model, version, arm, entity. Little-endian.
-fn encode(r: &PredictionRecord) -> Vec<u8> {
-    let mut b =
-        Vec::with_capacity(40 + r.model.len() + r.version.len() + r.arm.len() + r.entity.len());
+fn encode_into(r: &LogRow<'_>, b: &mut Vec<u8>) {
+    b.clear();
     b.extend_from_slice(&r.ts_ms.to_le_bytes());
     b.extend_from_slice(&r.output.to_le_bytes());
-    for s in [&r.model, &r.version, &r.arm, &r.entity] {
+    for s in [r.model, r.version, r.arm, r.entity] {
         let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
         b.extend_from_slice(&(s.len() as u16).to_le_bytes());
         b.extend_from_slice(s);
     }
+}
+
+#[cfg(test)]
+fn encode(r: &PredictionRecord) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_into(&r.row(), &mut b);
     b
 }
 

@@ -6,6 +6,7 @@
 mod client_cmds;
 mod engine_cmds;
 mod features_cmds;
+mod fleet_cmds;
 mod release_cmds;
 mod rollout_cmds;
 mod tuf_cmds;
@@ -46,6 +47,8 @@ enum Command {
     Release(release_cmds::Commands),
     /// Fleet rollout: set the signed rollout directive, show where devices land.
     Rollout(rollout_cmds::RolloutArgs),
+    /// The fleet's telemetry live: `fleet watch --broker HOST:PORT [--prefix P] [--json]`.
+    Fleet(fleet_cmds::FleetArgs),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
         Command::Features(a) => features_cmds::features(a),
         Command::Release(c) => release_cmds::run(c),
         Command::Rollout(a) => rollout_cmds::rollout(a),
+        Command::Fleet(a) => fleet_cmds::fleet(a),
     };
     if let Err(err) = result {
         if is_broken_pipe(&err) {
