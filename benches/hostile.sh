@@ -2,10 +2,12 @@
 # Hostile binary-protocol clients against the release daemon, each figure against a quiet
 # baseline measured in the same run (issue 7, items 3 and 4):
 #   - RSS of edgeinferd when idle, and after each burst: 64 connections pipelining 1,000
-#     1-row PREDICTs each; 4 × 2 frames of ~63 MiB; 40 rounds of 2,000 connections;
+#     1-row PREDICTs each; 4 × 2 frames of ~63 MiB (read whole, then refused); 40 rounds of
+#     2,000 connections;
 #   - a victim's p50/p99 (edgeinfer bench, 1 connection, 1 row) alone, and while another
-#     client sends 64 MiB PREDICTs: refused by the default row cap, and with the cap raised
-#     so that they run (round-robin alone); and while another client sends requests at the cap.
+#     client sends 64 MiB PREDICTs: over the default row cap (refused from their metadata,
+#     their data discarded), and with the cap raised so that they run (in chunks); and while
+#     two clients send requests at the cap (65,536 rows, run in chunks).
 # Server and clients share the machine's cores (the daemon runs on core 0 only, so the
 # victim and the attacker are served by the same core).
 #
@@ -64,8 +66,8 @@ stop_daemon
 # --- head-of-line blocking ---
 daemon ""
 bench victim_alone --input "$ROW20"
-# 64 MiB requests (838,858 rows, one outstanding), refused by max_request_rows (65,536)
-# after being read.
+# 64 MiB requests (838,858 rows, one outstanding), over max_request_rows (65,536): refused
+# from their metadata, the rest of each frame read and discarded.
 python3 benches/hostile_clients.py attack "$DSOCK" 838858 $((DURATION + 4)) 1 > "$OUT/attacker_capped.json" &
 ATT=$!; sleep 2
 bench victim_vs_64mib_capped --input "$ROW20"
@@ -76,7 +78,7 @@ ATT=$!; sleep 2
 bench victim_vs_at_cap --input "$ROW20"
 wait $ATT || true
 stop_daemon
-# The cap raised so that 64 MiB requests run: what round-robin alone gives.
+# The cap raised so that 64 MiB requests run (in chunks).
 daemon "max_request_rows = 1000000"
 python3 benches/hostile_clients.py attack "$DSOCK" 838858 $((DURATION + 6)) 1 > "$OUT/attacker_uncapped.json" &
 ATT=$!; sleep 3

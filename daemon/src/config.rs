@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub buffer_pool_bytes: usize,
     /// Rows one PREDICT may carry (leading dimension); more are refused BAD_INPUT.
     pub max_request_rows: u64,
+    /// Engine time per step of a large request: more rows than run in this long are run in
+    /// chunks, with other connections' requests between them.
+    pub chunk_budget_us: u64,
     /// SIGTERM drain time; keep below the unit's `TimeoutStopSec=`.
     pub shutdown_grace_ms: u64,
     /// File holding the token clients must present in HELLO (required off loopback).
@@ -197,6 +200,7 @@ impl Default for ServerConfig {
             write_timeout_ms: opts.write_timeout.as_millis() as u64,
             buffer_pool_bytes: opts.buffer_pool_bytes,
             max_request_rows: opts.max_request_rows,
+            chunk_budget_us: opts.chunk_budget.as_micros() as u64,
             shutdown_grace_ms: opts.shutdown_grace.as_millis() as u64,
             auth_token_file: None,
             tls_cert: None,
@@ -796,6 +800,7 @@ impl Config {
             write_timeout: Duration::from_millis(s.write_timeout_ms),
             buffer_pool_bytes: s.buffer_pool_bytes,
             max_request_rows: s.max_request_rows,
+            chunk_budget: Duration::from_micros(s.chunk_budget_us),
             auth_token_file: s.auth_token_file.clone(),
             allowed_uids: s.allowed_uids.clone(),
             allowed_gids: s.allowed_gids.clone(),
@@ -998,6 +1003,14 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
         1,
         u32::MAX as u64,
         "",
+    );
+    range(
+        out,
+        "server.chunk_budget_us",
+        s.chunk_budget_us,
+        10,
+        3_600_000_000,
+        " µs",
     );
     range(
         out,

@@ -250,8 +250,33 @@ fn render_server(out: &mut String, s: &ServerStats) {
         ),
         (
             "edgeinfer_connections_timed_out_total",
-            "Connections closed for a slow frame or idleness.",
+            "Connections closed for a slow frame, idleness, or a client that took no answer bytes for server.write_timeout_ms.",
             &s.connections_timed_out,
+        ),
+        (
+            "edgeinfer_connections_unauthenticated_total",
+            "Connections closed for a missing or wrong HELLO token, or a Unix peer not in the allow-lists.",
+            &s.connections_unauthenticated,
+        ),
+        (
+            "edgeinfer_accept_fd_exhausted_total",
+            "Accepts that failed for lack of file descriptors (EMFILE/ENFILE); accepting backs off meanwhile.",
+            &s.accept_fd_exhausted,
+        ),
+        (
+            "edgeinfer_requests_refused_before_data_total",
+            "PREDICTs refused from their metadata (row cap, unknown model) before their tensor bytes were read; the rest of the frame is discarded.",
+            &s.refused_before_data,
+        ),
+        (
+            "edgeinfer_chunked_requests_total",
+            "Requests with more rows than one step's engine-time budget, run in several chunks with other connections' work between them.",
+            &s.chunked_requests,
+        ),
+        (
+            "edgeinfer_request_chunks_total",
+            "Engine runs of chunks of those requests.",
+            &s.request_chunks,
         ),
     ] {
         header(out, name, "counter", help);
@@ -449,7 +474,25 @@ mod tests {
         let s = ServerStats::new(&[0, 1]);
         s.connections_open.store(3, Relaxed);
         s.cores[1].requests.store(42, Relaxed);
+        s.connections_unauthenticated.store(5, Relaxed);
+        s.accept_fd_exhausted.store(6, Relaxed);
+        s.refused_before_data.store(7, Relaxed);
+        s.chunked_requests.store(8, Relaxed);
+        s.request_chunks.store(9, Relaxed);
         let text = render(&Snapshot::default(), Some(&s));
+        for line in [
+            "edgeinfer_connections_unauthenticated_total 5",
+            "edgeinfer_accept_fd_exhausted_total 6",
+            "edgeinfer_requests_refused_before_data_total 7",
+            "edgeinfer_chunked_requests_total 8",
+            "edgeinfer_request_chunks_total 9",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line} in:\n{text}");
+        }
+        assert!(
+            text.contains("# TYPE edgeinfer_request_chunks_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("\nedgeinfer_connections_open 3\n"), "{text}");
         assert!(
             text.contains("\nedgeinfer_core_requests_total{cpu=\"1\"} 42\n"),

@@ -1,8 +1,9 @@
 //! Hostile binary-protocol clients over real sockets, each test also checking that another
 //! client keeps being served: fd exhaustion (the real daemon under a low RLIMIT_NOFILE),
 //! connections past `max_connections`, a client that stops reading, buffer memory after
-//! large frames and connection churn (the real daemon's RSS), and the row cap that bounds
-//! how long one request holds a core.
+//! large frames and connection churn (the real daemon's RSS), the row cap, a large request
+//! that runs in chunks while another client is served between them, and a request refused
+//! from its metadata before its tensor bytes are sent.
 
 mod serve_support;
 
@@ -11,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use edgeinfer_client::blocking::Client;
@@ -74,7 +76,8 @@ impl Daemon {
         }
         cmd.env("RUST_LOG", "info");
         let log = std::fs::File::create(d.join("daemon.log")).unwrap();
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        let out = std::fs::File::create(d.join("daemon.out")).unwrap();
+        cmd.stdin(Stdio::null()).stdout(out).stderr(log);
         if let Some(n) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child here.
             unsafe {
@@ -102,9 +105,14 @@ impl Daemon {
             if let Some(st) = self.child.try_wait().unwrap() {
                 panic!("daemon exited ({st}) while starting:\n{}", self.log());
             }
+            // The line the daemon prints once everything is up: the cores serve before the
+            // HTTP thread has started, and a test that takes every fd in between would make
+            // the daemon fail to start it.
+            let up = std::fs::read_to_string(self.dir.path().join("daemon.out"))
+                .is_ok_and(|o| o.contains("edgeinferd: serving"));
             if let Ok(mut c) = Client::connect(&self.endpoint()) {
                 c.set_timeout(Some(IO_TIMEOUT)).unwrap();
-                if c.health().is_ok_and(|h| h.ready) {
+                if up && c.health().is_ok_and(|h| h.ready) {
                     return;
                 }
             }
@@ -121,6 +129,34 @@ impl Daemon {
         let c = Client::connect(&self.endpoint()).unwrap();
         c.set_timeout(Some(IO_TIMEOUT)).unwrap();
         c
+    }
+
+    /// `GET /metrics` from the daemon's HTTP listener (its address is in the line the
+    /// daemon prints when it serves).
+    fn metrics(&self) -> String {
+        use std::io::Read;
+        let out = std::fs::read_to_string(self.dir.path().join("daemon.out")).unwrap();
+        let addr = out
+            .split("HTTP on ")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', ',', ')']).next())
+            .unwrap_or_else(|| panic!("no HTTP address in {out:?}"));
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text
+    }
+
+    /// The value of an unlabelled metric in [`Daemon::metrics`].
+    fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     }
 
     fn log(&self) -> String {
@@ -202,6 +238,12 @@ fn out_of_fds_the_daemon_backs_off_logs_rarely_and_serves_again() {
         "{lines} accept-failure lines in ~2 s:\n{log}"
     );
     assert!(log.contains("Too many open files"), "{log}");
+    // Exported: every failed accept is counted, however rarely it is logged.
+    assert!(daemon.metric("edgeinfer_accept_fd_exhausted_total") >= lines as u64);
+    assert_eq!(
+        daemon.metric("edgeinfer_connections_unauthenticated_total"),
+        0
+    );
 }
 
 #[test]
@@ -378,9 +420,11 @@ fn buffer_memory_stays_within_budget_after_large_frames_and_churn_is_flat() {
     }
     let idle = daemon.rss_bytes();
 
-    // Frames of ~63 MiB on four connections at once, twice: refused for their row count
-    // after being read whole, so only the buffers are exercised.
-    let huge = churn_rows(820_000);
+    // Frames of ~63 MiB on four connections at once, twice: refused after being read whole
+    // (the input's name is not the model's, which only the whole frame's check sees), so
+    // only the buffers are exercised.
+    let mut huge = churn_rows(820_000);
+    huge.name = "not_an_input".into();
     let mut frame = Vec::new();
     edgeinfer_proto::encode_predict(
         1,
@@ -456,4 +500,130 @@ fn buffer_memory_stays_within_budget_after_large_frames_and_churn_is_flat() {
         mib(early),
         mib(late)
     );
+}
+
+/// A PREDICT frame for `model` carrying `input`, and where its tensor data starts.
+fn frame_and_data_offset(id: u64, model: &str, input: &Tensor) -> (Vec<u8>, usize) {
+    let frame = predict_frame(id, model, input, 0);
+    let h = edgeinfer_proto::Header::decode(&frame).unwrap();
+    (frame, h.data_offset() as usize)
+}
+
+#[test]
+fn a_request_over_the_row_cap_is_refused_before_its_tensor_bytes_are_sent() {
+    let srv = churn(ServerOptions {
+        max_request_rows: 1000,
+        ..options(Driver::Epoll)
+    });
+    let mut raw = srv.raw();
+    let (frame, data_at) = frame_and_data_offset(5, "churn", &churn_rows(100_000));
+    assert!(frame.len() > 7 << 20);
+    // Header, metadata and padding only: the client holds the 8 MB of data back until it
+    // has the answer, which therefore comes from the metadata alone.
+    raw.send(&frame[..data_at]);
+    match raw.read() {
+        Some(Answer::Error {
+            id: 5,
+            code,
+            message,
+        }) => {
+            assert_eq!(code, ErrorCode::BadInput.as_u32(), "{message}");
+            assert!(message.contains("max_request_rows"), "{message}");
+        }
+        other => panic!("expected BAD_INPUT for request 5, got {other:?}"),
+    }
+    // The rest of the frame is read and thrown away (the client must still send it: the
+    // connection stays in step).
+    raw.send(&frame[data_at..]);
+    // The same holds for a model that does not exist.
+    let (unknown, unknown_at) = frame_and_data_offset(6, "no_such_model", &churn_rows(60_000));
+    raw.send(&unknown[..unknown_at]);
+    match raw.read() {
+        Some(Answer::Error { id: 6, code, .. }) => {
+            assert_eq!(code, ErrorCode::UnknownModel.as_u32())
+        }
+        other => panic!("expected UNKNOWN_MODEL for request 6, got {other:?}"),
+    }
+    assert_eq!(srv.app().stats().refused_before_data.load(Relaxed), 2);
+    raw.send(&unknown[unknown_at..]);
+    // The connection goes on with the next request.
+    raw.send(&predict_frame(7, "churn", &churn_row(0.5), 0));
+    match raw.read() {
+        Some(Answer::Predict { id: 7, outputs }) => {
+            assert!(outputs.iter().any(|t| t.name == "probabilities"))
+        }
+        other => panic!("expected an answer to request 7, got {other:?}"),
+    }
+    // A request under the cap that arrives in two parts is served.
+    let (ok, ok_at) = frame_and_data_offset(8, "churn", &churn_rows(1000));
+    raw.send(&ok[..ok_at]);
+    std::thread::sleep(Duration::from_millis(50));
+    raw.send(&ok[ok_at..]);
+    assert!(matches!(raw.read(), Some(Answer::Predict { id: 8, .. })));
+    assert_eq!(srv.app().stats().refused_before_data.load(Relaxed), 2);
+}
+
+#[test]
+fn a_large_request_runs_in_chunks_and_another_client_is_served_between_them() {
+    const ROWS: u64 = 300_000;
+    let big = churn_rows(ROWS);
+    // The answer when the request runs whole: a chunk budget no request reaches.
+    let whole = {
+        let srv = churn(ServerOptions {
+            cores: vec![0],
+            max_request_rows: ROWS,
+            chunk_budget: Duration::from_secs(3600),
+            ..options(Driver::Epoll)
+        });
+        let mut c = srv.client();
+        // Times the model on the core first (until then the first chunk is a few rows).
+        served(&mut c);
+        let r = c
+            .predict("churn", &[big.view()], &PredictOptions::default())
+            .unwrap();
+        assert_eq!(srv.app().stats().chunked_requests.load(Relaxed), 0);
+        r.outputs
+    };
+    // One core, so that both clients are served by the same executor.
+    let srv = churn(ServerOptions {
+        cores: vec![0],
+        max_request_rows: ROWS,
+        chunk_budget: Duration::from_micros(100),
+        ..options(Driver::Epoll)
+    });
+    let stats = || srv.app().stats();
+    let mut victim = srv.client();
+    served(&mut victim);
+    let mut hog = srv.raw();
+    let frame = predict_frame(1, "churn", &big, 0);
+    let mut writer = hog.s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&frame).is_ok());
+    // Wait until the large request is under way...
+    let t0 = Instant::now();
+    while stats().request_chunks.load(Relaxed) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the large request never ran in chunks"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // ...then the victim is answered while it still has chunks to run.
+    served(&mut victim);
+    let chunks_when_served = stats().request_chunks.load(Relaxed);
+    assert!(sender.join().unwrap());
+    let outputs = match hog.read() {
+        Some(Answer::Predict { id: 1, outputs }) => outputs,
+        other => panic!("expected the large answer, got {other:?}"),
+    };
+    let chunks = stats().request_chunks.load(Relaxed);
+    assert!(
+        chunks > chunks_when_served,
+        "the victim waited for the whole request ({chunks} chunks, {chunks_when_served} \
+         before the victim's answer)"
+    );
+    assert_eq!(stats().chunked_requests.load(Relaxed), 1);
+    // One answer, the same as the request run whole.
+    assert_matches(&outputs, &whole);
+    assert_eq!(outputs[0].shape[0], ROWS);
+    served(&mut victim);
 }

@@ -20,9 +20,16 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 
 use super::buf::{FrameBuf, READ_CHUNK};
-use super::core::{Core, FrameAction, Job};
+use super::core::{Core, FrameAction, Job, Progress};
 use super::notify::Notify;
 use super::response::{Response, WriteBatch};
+
+/// A PREDICT with at least this much tensor data is checked as soon as its metadata has
+/// arrived (docs/protocol.md §8): refused then, its data is discarded as it comes instead of
+/// being buffered whole. Smaller frames are checked whole, as reading them costs little, and
+/// the early check's decoding allocates (the allocation test holds steady-state requests to
+/// none that grows with the tensor).
+const EARLY_CHECK_DATA: u64 = 4 << 20;
 
 /// Why the server ended a connection on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +70,8 @@ pub(crate) struct Conn {
     pub authenticated: Cell<bool>,
     /// This connection's admitted jobs waiting for the executor (not batched), in order.
     pub lane: RefCell<VecDeque<Job>>,
+    /// A large job between two of its chunks: it runs on before the lane's next job.
+    pub resume: RefCell<Option<(Job, Progress)>>,
 }
 
 impl Conn {
@@ -85,6 +94,7 @@ impl Conn {
             write_progress: Cell::new(None),
             authenticated: Cell::new(authenticated),
             lane: RefCell::new(VecDeque::new()),
+            resume: RefCell::new(None),
         }
     }
 
@@ -232,6 +242,10 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
     let max_queued = limits.max_in_flight.max(1) as usize;
     let mut buf = FrameBuf::take(READ_CHUNK);
     let mut now = Instant::now();
+    // Bytes of a refused frame still to come, read and thrown away (docs/protocol.md §7.6).
+    let mut discard: u64 = 0;
+    // The partial frame at the front of `buf` has had its metadata looked at.
+    let mut looked_at = false;
     loop {
         // Every whole frame in the buffer.
         let mut start = 0;
@@ -267,8 +281,21 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
             }
             let len = header.frame_len() as usize;
             if avail < len {
+                let meta_end = HEADER_LEN + header.meta_len as usize;
+                if !looked_at && header.data_len >= EARLY_CHECK_DATA && avail >= meta_end {
+                    // Its metadata is here but not all of its data: a request that the
+                    // metadata alone refuses is answered now, and its data is not kept.
+                    looked_at = true;
+                    let meta = &buf[start + HEADER_LEN..start + meta_end];
+                    if core.refuse_early(conn, &header, meta) {
+                        discard = (len - avail) as u64;
+                        buf.truncate(start);
+                        looked_at = false;
+                    }
+                }
                 break;
             }
+            looked_at = false;
             let body = &buf[start + HEADER_LEN..start + len];
             match core.on_frame(conn, &header, body, now) {
                 FrameAction::Done => {}
@@ -326,7 +353,7 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
         } else {
             buf.capacity()
         };
-        if buf.is_empty() {
+        if buf.is_empty() && discard == 0 {
             conn.partial_since.set(None);
         } else if conn.partial_since.get().is_none() {
             conn.partial_since.set(Some(now));
@@ -343,7 +370,7 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
             if conn.partial_since.get().is_some() {
                 conn.partial_since.set(Some(now));
             }
-        } else if admitted {
+        } else if admitted || discard > 0 {
             // Let the executor and other connections run before reading more: a client
             // whose bytes are always ready must not monopolise its core.
             super::notify::yield_now().await;
@@ -387,6 +414,11 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                 tracing::debug!("read failed: {e}");
                 return;
             }
+        }
+        if discard > 0 {
+            let n = discard.min(buf.len() as u64);
+            buf.keep_range(n as usize);
+            discard -= n;
         }
     }
 }

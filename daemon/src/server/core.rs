@@ -43,6 +43,8 @@ const RESPONSE_POOL_MAX: usize = 4096;
 const WRONG_TOKEN: &str = "the HELLO carries no token or the wrong one";
 /// Hint for clients that got OVERLOADED or TOO_MANY_IN_FLIGHT.
 const RETRY_AFTER_MS: u64 = 1;
+/// Rows in a large request's first chunk while this core has not timed the model yet.
+const FIRST_CHUNK_ROWS: usize = 64;
 
 /// What every core shares.
 pub(crate) struct Shared {
@@ -127,6 +129,22 @@ impl Job {
     }
 }
 
+/// How far a large job has got. It runs in chunks of rows, and between chunks it waits in
+/// its connection's turn (`Conn::resume`), so other connections' requests run in between
+/// instead of behind the whole job; the client still gets one answer.
+pub(crate) struct Progress {
+    /// Rows run so far.
+    done: usize,
+    /// The whole answer, filled chunk by chunk.
+    out: Outputs,
+    /// One chunk's outputs, reused from chunk to chunk.
+    part: Outputs,
+    /// When the first chunk started (the end of the job's queueing).
+    started: Instant,
+    /// Engine time over all chunks.
+    compute: Duration,
+}
+
 /// One model version's per-core state under one batching setting. A batching change makes
 /// a new `CoreModel` over the same [`CoreEngine`]; jobs already queued keep the old one.
 pub(crate) struct CoreModel {
@@ -134,6 +152,9 @@ pub(crate) struct CoreModel {
     engine: Rc<CoreEngine>,
     serving: ServingConfig,
     batch: Option<Batcher>,
+    /// Every input has a dynamic leading dimension and every output a shape: rows can be
+    /// run in several runs (chunks) as well as concatenated (batching).
+    by_rows: bool,
 }
 
 /// This core's engine session for one version, taken ready from the version's prepared
@@ -144,6 +165,16 @@ struct CoreEngine {
     session_error: Option<String>,
     outputs: RefCell<Vec<Outputs>>,
     table: Arc<ModelTable>,
+    /// Engine nanoseconds per row, as measured on this core (0 = not measured yet): sizes
+    /// the chunks a large request is split into.
+    row_ns: Cell<u64>,
+    /// False once the model's outputs turned out not to follow its input rows (a chunked
+    /// run could not be put back together): its requests then run whole.
+    splits_by_rows: Cell<bool>,
+    /// Rows per chunk (0 = not chosen yet): a power of two that changes only when the
+    /// estimate moves well away from it, so chunk shapes repeat and the engine's input
+    /// buffers are reused (tract keeps last call's input tensor when the shape repeats).
+    chunk: Cell<usize>,
 }
 
 impl Drop for CoreEngine {
@@ -193,7 +224,21 @@ impl CoreEngine {
             session_error,
             outputs: RefCell::new(Vec::new()),
             table: table.clone(),
+            row_ns: Cell::new(0),
+            splits_by_rows: Cell::new(true),
+            chunk: Cell::new(0),
         }
+    }
+
+    /// Folds one run's time per row into the estimate that sizes chunks.
+    fn note_row_time(&self, rows: usize, took: Duration) {
+        if rows == 0 {
+            return;
+        }
+        let x = (took.as_nanos() / rows as u128).clamp(1, u64::MAX as u128) as u64;
+        let old = self.row_ns.get();
+        self.row_ns
+            .set(if old == 0 { x } else { (old / 4) * 3 + x / 4 });
     }
 }
 
@@ -236,6 +281,7 @@ impl CoreModel {
             engine,
             serving,
             batch,
+            by_rows: batchable,
         }
     }
 
@@ -277,7 +323,8 @@ impl CoreModel {
 
 /// Work for the core's executor.
 enum Work {
-    Job(Job),
+    /// A lane's job, with its progress when it is a large job between two chunks.
+    Job(Job, Option<Progress>),
     /// Run (part of) this model's forming batch.
     Batch(Rc<CoreModel>),
 }
@@ -790,19 +837,8 @@ impl Core {
             });
         }
         // Rows are checked before the values are: a huge request is refused without a scan.
-        let max_rows = self.opts().max_request_rows;
-        for (spec, v) in info.inputs.iter().zip(&views) {
-            let leading = v.shape.first().copied().unwrap_or(0) as u64;
-            if spec.shape.first() == Some(&Dim::Dynamic) && leading > max_rows {
-                return Err(fail(
-                    ErrorCode::BadInput,
-                    format!(
-                        "input {:?} has {leading} rows; this server runs at most {max_rows} rows per \
-                         request (server.max_request_rows): split it into several requests",
-                        spec.name
-                    ),
-                ));
-            }
+        if let Some(r) = self.over_row_cap(info, &req.inputs) {
+            return Err((r, Some(v.clone())));
         }
         // The NaN policy is the engine's; it applies it when the request runs.
         validate_inputs(info, &views, true).map_err(|e| fail(ErrorCode::BadInput, e.message))?;
@@ -854,6 +890,61 @@ impl Core {
         }))
     }
 
+    /// The refusal for a request with more rows than `server.max_request_rows`, from its
+    /// metadata alone.
+    fn over_row_cap(
+        &self,
+        info: &edgeinfer_engine::ModelInfo,
+        inputs: &[proto::TensorMeta],
+    ) -> Option<Refusal> {
+        let max_rows = self.opts().max_request_rows;
+        info.inputs.iter().find_map(|spec| {
+            let m = inputs.iter().find(|m| m.name == spec.name)?;
+            let leading = m.shape.first().copied().unwrap_or(0);
+            (spec.shape.first() == Some(&Dim::Dynamic) && leading > max_rows).then(|| {
+                Refusal::new(
+                    ErrorCode::BadInput,
+                    format!(
+                        "input {:?} has {leading} rows; this server runs at most {max_rows} rows per \
+                         request (server.max_request_rows): split it into several requests",
+                        spec.name
+                    ),
+                )
+            })
+        })
+    }
+
+    /// Called by the reader when a PREDICT's metadata has arrived but not all of its tensor
+    /// bytes: refuses the request now if its metadata alone decides it (an unknown model,
+    /// more rows than the cap), so the reader can discard the bytes still to come instead of
+    /// buffering them. True = refused and answered.
+    pub fn refuse_early(&self, conn: &Conn, header: &Header, meta: &[u8]) -> bool {
+        if header.opcode != Opcode::Predict.as_u8() {
+            return false;
+        }
+        // What does not decode is left to the whole-frame path and its exact error.
+        let Ok(req) = <PredictRequest as proto::prost::Message>::decode(meta) else {
+            return false;
+        };
+        let (refusal, version) =
+            match self.resolve(&req.model, req.version.as_deref(), &req.routing_key) {
+                Err(r) => (r, None),
+                Ok(model) => match self.over_row_cap(&model.version.model.info, &req.inputs) {
+                    Some(r) => (r, Some(model.version.clone())),
+                    None => return false,
+                },
+            };
+        self.stats().cores[self.index]
+            .requests
+            .fetch_add(1, Relaxed);
+        self.stats().refused_before_data.fetch_add(1, Relaxed);
+        if let Some(v) = version {
+            v.stats.record(outcome_of(refusal.code));
+        }
+        conn.push(self.error_response(header.request_id, refusal.code, &refusal.message));
+        true
+    }
+
     /// Queues an admitted job (or adds it to its model's forming batch).
     pub fn enqueue(self: &Rc<Self>, job: Job) {
         job.conn.job_started();
@@ -875,7 +966,7 @@ impl Core {
             }
         }
         let conn = job.conn.clone();
-        let idle = conn.lane.borrow().is_empty();
+        let idle = conn.lane.borrow().is_empty() && conn.resume.borrow().is_none();
         conn.lane.borrow_mut().push_back(job);
         if idle {
             self.ready.borrow_mut().push_back(conn);
@@ -884,18 +975,27 @@ impl Core {
     }
 
     /// The next work item: batches and connections' lanes take turns, and lanes go
-    /// round-robin, one job per connection per round.
+    /// round-robin, one step per connection per round: a job, or the next chunk of a large
+    /// job under way (which goes first on its connection).
     fn next_work(&self) -> Option<Work> {
         let lane_first = self.lane_turn.get();
         self.lane_turn.set(!lane_first);
         let from_lane = || {
             let mut ready = self.ready.borrow_mut();
             let conn = ready.pop_front()?;
-            let job = conn.lane.borrow_mut().pop_front();
+            let resumed = conn.resume.borrow_mut().take();
+            let work = match resumed {
+                Some((job, progress)) => Some(Work::Job(job, Some(progress))),
+                None => conn
+                    .lane
+                    .borrow_mut()
+                    .pop_front()
+                    .map(|job| Work::Job(job, None)),
+            };
             if !conn.lane.borrow().is_empty() {
                 ready.push_back(conn);
             }
-            job.map(Work::Job)
+            work
         };
         let from_queue = || self.queue.borrow_mut().pop_front();
         if lane_first {
@@ -972,9 +1072,9 @@ impl Core {
         loop {
             let work = self.next_work();
             match work {
-                Some(Work::Job(job)) => {
+                Some(Work::Job(job, progress)) => {
                     self.set_waiting(self.waiting.get().saturating_sub(1));
-                    self.run_single(job, Instant::now());
+                    self.run_step(job, progress, Instant::now());
                 }
                 Some(Work::Batch(model)) => self.run_batch(&model),
                 None => {
@@ -1020,6 +1120,10 @@ impl Core {
             .stats
             .batch_rows
             .observe(job.p.rows.max(1) as u64);
+        if model.engine.row_ns.get() == 0 && result.is_ok() {
+            // A first estimate, high by the run's fixed cost: the first chunks err small.
+            model.engine.note_row_time(job.p.rows, t1 - t0);
+        }
         match result {
             Ok(()) => self.finish_ok(&job, out, t0 - job.p.arrived, t1 - t0),
             Err(r) => {
@@ -1027,6 +1131,133 @@ impl Core {
                 self.finish_error(&job, r.code, &r.message, t1);
             }
         }
+    }
+
+    /// Rows the next chunk of `job` may have: about as many as the per-row estimate says
+    /// run in the options' `chunk_budget` (a power of two, kept while the estimate stays
+    /// within a factor of two of it, so one chunk takes a quarter to twice the budget);
+    /// `usize::MAX` when the job cannot be split by rows.
+    fn chunk_rows(&self, job: &Job) -> usize {
+        let model = &job.p.model;
+        let engine = &model.engine;
+        if !model.by_rows || job.p.rows == 0 || !engine.splits_by_rows.get() {
+            return usize::MAX;
+        }
+        let ns = engine.row_ns.get();
+        if ns == 0 {
+            return FIRST_CHUNK_ROWS;
+        }
+        let ideal =
+            (self.opts().chunk_budget.as_nanos() / u128::from(ns)).clamp(1, 1 << 40) as usize;
+        let c = engine.chunk.get();
+        if c == 0 || ideal < c / 2 || ideal >= 4 * c {
+            // The largest power of two not above the ideal.
+            let c = 1usize << ideal.ilog2();
+            engine.chunk.set(c);
+            return c;
+        }
+        c
+    }
+
+    /// Runs a lane's job: whole when it is small, else its next chunk of rows, after which
+    /// it waits for its connection's next turn; the answer is written after the last chunk.
+    fn run_step(&self, job: Job, progress: Option<Progress>, now: Instant) {
+        let model = job.p.model.clone();
+        let chunk = self.chunk_rows(&job);
+        let mut p = match progress {
+            Some(p) if job.conn.is_broken() => {
+                model.give_outputs(p.out);
+                model.give_outputs(p.part);
+                job.conn.job_finished();
+                return;
+            }
+            Some(p) => p,
+            None if job.p.rows <= chunk => return self.run_single(job, now),
+            None => {
+                if !self.still_wanted(&job, now) {
+                    return;
+                }
+                self.stats().chunked_requests.fetch_add(1, Relaxed);
+                Progress {
+                    done: 0,
+                    out: model.take_outputs(),
+                    part: model.take_outputs(),
+                    started: now,
+                    compute: Duration::ZERO,
+                }
+            }
+        };
+        let rows = job.p.rows;
+        let n = chunk.min(rows - p.done);
+        let t0 = Instant::now();
+        let result = {
+            let n_inputs = job.p.order.len();
+            let shapes: SmallVec<[SmallVec<[usize; 8]>; 8]> = (0..n_inputs)
+                .map(|i| {
+                    let mut s: SmallVec<[usize; 8]> = SmallVec::new();
+                    s.push(n);
+                    s.extend_from_slice(&job.input(i).shape[1..]);
+                    s
+                })
+                .collect();
+            let views: SmallVec<[TensorView<'_>; 8]> = (0..n_inputs)
+                .map(|i| {
+                    let whole = job.input(i);
+                    let row = whole.data.len() / rows;
+                    TensorView {
+                        dtype: whole.dtype,
+                        shape: &shapes[i],
+                        data: &whole.data[p.done * row..(p.done + n) * row],
+                    }
+                })
+                .collect();
+            model.run(&views, &mut p.part)
+        };
+        let t1 = Instant::now();
+        self.stats().request_chunks.fetch_add(1, Relaxed);
+        model.version.stats.batch_rows.observe(n as u64);
+        if let Err(r) = result {
+            model.give_outputs(p.out);
+            model.give_outputs(p.part);
+            self.finish_error(&job, r.code, &r.message, t1);
+            return;
+        }
+        model.engine.note_row_time(n, t1 - t0);
+        p.compute += t1 - t0;
+        if let Err(why) = append_rows(&mut p.out, &p.part, rows, p.done, n) {
+            model.give_outputs(p.out);
+            model.give_outputs(p.part);
+            if p.done == 0 {
+                // Only the first chunk ran: run the request whole, and this model's
+                // requests from now on.
+                tracing::warn!(model = %model.version.name, "{why}: running its requests whole");
+                model.engine.splits_by_rows.set(false);
+                self.run_single(job, t1);
+            } else {
+                self.finish_error(&job, ErrorCode::Internal, &why, t1);
+            }
+            return;
+        }
+        p.done += n;
+        if p.done < rows {
+            self.park(job, p);
+            return;
+        }
+        model.give_outputs(p.part);
+        let queue = p.started.saturating_duration_since(job.p.arrived);
+        self.finish_ok(&job, p.out, queue, p.compute);
+    }
+
+    /// Puts a job between two chunks back in its connection's turn.
+    fn park(&self, job: Job, progress: Progress) {
+        self.set_waiting(self.waiting.get() + 1);
+        let conn = job.conn.clone();
+        *conn.resume.borrow_mut() = Some((job, progress));
+        // A connection with jobs in its lane is in the ready queue already.
+        if conn.lane.borrow().is_empty() {
+            self.ready.borrow_mut().push_back(conn);
+        }
+        self.exec_wake.notify();
     }
 
     fn run_batch(self: &Rc<Self>, model: &Rc<CoreModel>) {
@@ -1279,6 +1510,48 @@ fn input_names(info: &edgeinfer_engine::ModelInfo) -> String {
         .map(|s| format!("{:?} {} {:?}", s.name, s.dtype, s.shape))
         .collect();
     format!("inputs: {}", names.join(", "))
+}
+
+/// Copies one chunk's outputs (`n` rows from row `at`) into the whole answer of `rows` rows.
+fn append_rows(
+    out: &mut Outputs,
+    part: &Outputs,
+    rows: usize,
+    at: usize,
+    n: usize,
+) -> Result<(), String> {
+    if out.tensors.len() != part.tensors.len() {
+        out.tensors
+            .resize_with(part.tensors.len(), Default::default);
+    }
+    for (dst, src) in out.tensors.iter_mut().zip(&part.tensors) {
+        let Some(dtype) = src.dtype else {
+            return Err(format!("output {:?} has no dtype", src.name));
+        };
+        if src.shape.first() != Some(&n) {
+            return Err(format!(
+                "output {:?} has shape {:?} for a chunk of {n} rows",
+                src.name, src.shape
+            ));
+        }
+        let row = src.data.len() / n;
+        if at == 0 {
+            let mut shape: SmallVec<[usize; 8]> = SmallVec::new();
+            shape.push(rows);
+            shape.extend_from_slice(&src.shape[1..]);
+            if dst.name != src.name {
+                dst.name.clone_from(&src.name);
+            }
+            dst.reset(dtype, &shape);
+        } else if dst.dtype != Some(dtype) || dst.shape.get(1..) != src.shape.get(1..) {
+            return Err(format!(
+                "output {:?} changed type or shape between chunks",
+                src.name
+            ));
+        }
+        dst.data[at * row..(at + n) * row].copy_from_slice(&src.data);
+    }
+    Ok(())
 }
 
 fn same_trailing_dims(a: &Job, b: &Job) -> bool {

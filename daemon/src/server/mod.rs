@@ -115,6 +115,10 @@ pub struct ServerOptions {
     /// Rows (leading dimension) one PREDICT may carry; more are refused with BAD_INPUT, so
     /// that one request cannot hold a core for long.
     pub max_request_rows: u64,
+    /// Engine time one step of a large request may take: a request with more rows than run
+    /// in this long (as timed on its core) runs in chunks of rows, and other connections'
+    /// requests run between its chunks.
+    pub chunk_budget: Duration,
     /// When set, every connection must open with a HELLO carrying this file's token.
     pub auth_token_file: Option<std::path::PathBuf>,
     /// SO_PEERCRED allow-lists for Unix-socket peers; both empty = no check.
@@ -139,6 +143,7 @@ impl Default for ServerOptions {
             write_timeout: Duration::from_secs(30),
             buffer_pool_bytes: buf::DEFAULT_POOL_BYTES,
             max_request_rows: 65_536,
+            chunk_budget: Duration::from_micros(250),
             auth_token_file: None,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
@@ -173,6 +178,12 @@ pub struct ServerStats {
     pub connections_unauthenticated: AtomicU64,
     /// Accepts that failed for lack of file descriptors (EMFILE/ENFILE).
     pub accept_fd_exhausted: AtomicU64,
+    /// PREDICTs refused from their metadata, before their tensor bytes were read (the
+    /// rest of the frame is read and discarded).
+    pub refused_before_data: AtomicU64,
+    /// Requests run in several chunks of rows, and the chunks run.
+    pub chunked_requests: AtomicU64,
+    pub request_chunks: AtomicU64,
     /// ERROR frames sent, by wire code.
     pub errors_by_code: [AtomicU64; ERROR_CODE_SLOTS],
     pub cores: Vec<CoreStats>,
@@ -198,6 +209,9 @@ impl ServerStats {
             connections_timed_out: AtomicU64::new(0),
             connections_unauthenticated: AtomicU64::new(0),
             accept_fd_exhausted: AtomicU64::new(0),
+            refused_before_data: AtomicU64::new(0),
+            chunked_requests: AtomicU64::new(0),
+            request_chunks: AtomicU64::new(0),
             errors_by_code: Default::default(),
             cores: cpus
                 .iter()

@@ -85,7 +85,15 @@ impl Future for LatchWait<'_> {
     }
 }
 
-/// Gives other ready tasks of this runtime a turn.
+/// Gives other ready tasks of this runtime a turn, those woken by IO included.
+///
+/// A monoio task that wakes itself inside its own poll is put back at the *front* of the run
+/// queue (monoio 0.2 `Harness::poll` → `yield_now` → `push_front`), so it runs again before
+/// any other task and, with IO polled only every few turns, starves them: a lane's chunked
+/// job kept a victim's reader from running until the job was done. So the yielding task is
+/// woken by another one, this thread's yielder, which is queued at the back (behind every
+/// task already ready) and wakes it from there, to the back again. No allocation per yield:
+/// the waker list keeps its capacity.
 pub async fn yield_now() {
     struct YieldNow(bool);
     impl Future for YieldNow {
@@ -95,9 +103,45 @@ pub async fn yield_now() {
                 return Poll::Ready(());
             }
             self.0 = true;
-            cx.waker().wake_by_ref();
+            YIELDED.with(|y| y.borrow_mut().push(cx.waker().clone()));
+            match YIELDER.with(|w| w.take()) {
+                Some(w) => w.wake(),
+                None if !YIELDER_SPAWNED.with(|s| s.replace(true)) => {
+                    drop(monoio::spawn(yielder()));
+                }
+                // Already woken: it is in the run queue and takes this one too.
+                None => {}
+            }
             Poll::Pending
         }
     }
     YieldNow(false).await
+}
+
+thread_local! {
+    /// Tasks that yielded since the yielder last ran.
+    static YIELDED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    /// The yielder's waker while it waits for work.
+    static YIELDER: Cell<Option<Waker>> = const { Cell::new(None) };
+    static YIELDER_SPAWNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// This thread's yielder: wakes the tasks that yielded, then waits to be woken again.
+async fn yielder() {
+    std::future::poll_fn(|cx| {
+        // Waking only queues a task (at the back, as it is not the one running).
+        YIELDED.with(|y| y.borrow_mut().drain(..).for_each(Waker::wake));
+        YIELDER.with(|w| w.set(Some(cx.waker().clone())));
+        Poll::<()>::Pending
+    })
+    .await
+}
+
+/// Drops the wakers of tasks that yielded and were not resumed, while their runtime still
+/// runs (a core calls it when it is done, before its runtime goes).
+pub fn forget_yielded() {
+    let left: Vec<Waker> = YIELDED.with(|y| y.borrow_mut().drain(..).collect());
+    drop(left);
+    drop(YIELDER.with(|w| w.take()));
+    YIELDER_SPAWNED.with(|s| s.set(false));
 }

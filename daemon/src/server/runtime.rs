@@ -330,6 +330,7 @@ async fn core_main(
     monoio::spawn(watch_wake(wake, core.clone()));
     let _ = ready.send((index, Ok(())));
     core.finished.wait().await;
+    super::notify::forget_yielded();
 }
 
 /// Admits one more connection if the server-wide limit allows.
