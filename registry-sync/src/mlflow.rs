@@ -382,6 +382,10 @@ pub fn repo_urls(location: &str) -> Result<(String, String), ReleaseError> {
 pub struct MlflowDestination {
     pub client: MlflowClient,
     pub location: MlflowLocation,
+    /// Directory listings already fetched during this publish (one request per
+    /// directory, not per file). Files put since are not in them, and are never asked
+    /// about again.
+    listings: std::cell::RefCell<BTreeMap<String, Vec<FileInfo>>>,
 }
 
 impl MlflowDestination {
@@ -390,6 +394,7 @@ impl MlflowDestination {
         Ok(MlflowDestination {
             client: MlflowClient::new(&location.server)?,
             location,
+            listings: Default::default(),
         })
     }
 
@@ -406,12 +411,17 @@ impl Destination for MlflowDestination {
     fn has(&self, rel: &str, len: u64) -> Result<bool, ReleaseError> {
         let full = self.path(rel);
         let (dir, name) = full.rsplit_once('/').unwrap_or(("", &full));
-        let files = match self.client.list(dir) {
-            Ok(f) => f,
-            // A directory that does not exist yet holds nothing.
-            Err(e) if e.kind == K::Mlflow => return Ok(false),
-            Err(e) => return Err(e),
-        };
+        if !self.listings.borrow().contains_key(dir) {
+            let files = match self.client.list(dir) {
+                Ok(f) => f,
+                // A directory that does not exist yet holds nothing.
+                Err(e) if e.kind == K::Mlflow => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            self.listings.borrow_mut().insert(dir.to_owned(), files);
+        }
+        let listings = self.listings.borrow();
+        let files = &listings[dir];
         Ok(files.iter().any(|f| {
             !f.is_dir && f.path.rsplit('/').next() == Some(name) && f.file_size == Some(len)
         }))

@@ -188,7 +188,8 @@ pub struct CreateArgs {
     /// Rows in the larger golden sample (a 1-row sample is always made too).
     #[arg(long, default_value_t = 64)]
     golden_rows: usize,
-    /// Rows per window the drift thresholds are calibrated for.
+    /// Rows per window the drift thresholds are calibrated for (at most the reference
+    /// data's row count).
     #[arg(long, default_value_t = 1000)]
     drift_window_rows: usize,
     /// The feature schema (JSON or TOML, edgeinfer_features::FeatureSchema); default:
@@ -956,8 +957,11 @@ fn reference_stats(
             .map(|row| row.get(c).copied().unwrap_or(f64::NAN))
             .collect()
     };
+    // Windows no larger than the reference itself: a bootstrap of 1,000-row windows from
+    // 64 reference rows would claim a precision the reference does not have.
+    let window = a.drift_window_rows.min(r.rows.len()).max(1);
     let calibrated = |mut f: FeatureRef, samples: &[f64]| {
-        f.thresholds = Some(drift::calibrate(&f, samples, a.drift_window_rows, 100, 1));
+        f.thresholds = Some(drift::calibrate(&f, samples, window, 100, 1));
         f
     };
     let features = r

@@ -77,7 +77,14 @@ fn create_sign_publish_verify_and_rotate_root_on_a_directory() {
     let t = tmp.path();
     let keys = t.join("keys");
     let ks = keys.to_str().unwrap();
-    for k in ["root1", "root2", "root3", "targets", "snapshot", "timestamp"] {
+    for k in [
+        "root1",
+        "root2",
+        "root3",
+        "targets",
+        "snapshot",
+        "timestamp",
+    ] {
         ok(&["keys", "gen", "--out", ks, "--name", k]);
     }
     let key = |n: &str, kind: &str| keys.join(format!("{n}.{kind}.json")).display().to_string();
@@ -169,24 +176,10 @@ fn create_sign_publish_verify_and_rotate_root_on_a_directory() {
         "--threshold",
         "2",
     ]);
-    ok(&[
-        "release",
-        "sign",
-        "--dir",
-        w,
-        "--key",
-        &key("root1", "key"),
-    ]);
+    ok(&["release", "sign", "--dir", w, "--key", &key("root1", "key")]);
     let e = fails(&["release", "publish", "--dir", w, "--repo", s]);
     assert!(e.contains("root v2: 1/2"), "{e}");
-    ok(&[
-        "release",
-        "sign",
-        "--dir",
-        w,
-        "--key",
-        &key("root2", "key"),
-    ]);
+    ok(&["release", "sign", "--dir", w, "--key", &key("root2", "key")]);
     ok(&["release", "publish", "--dir", w, "--repo", s]);
     // Root v3: threshold back to 1, root1 removed; v2's threshold (2) still signs it.
     ok(&[
@@ -199,24 +192,23 @@ fn create_sign_publish_verify_and_rotate_root_on_a_directory() {
         "--threshold",
         "1",
     ]);
-    ok(&[
-        "release",
-        "sign",
-        "--dir",
-        w,
-        "--key",
-        &key("root3", "key"),
-    ]);
+    ok(&["release", "sign", "--dir", w, "--key", &key("root3", "key")]);
     let e = fails(&["release", "publish", "--dir", w, "--repo", s]);
     assert!(e.contains("previous root's keys: 1/2"), "{e}");
-    ok(&[
+    ok(&["release", "sign", "--dir", w, "--key", &key("root2", "key")]);
+    ok(&["release", "publish", "--dir", w, "--repo", s]);
+
+    // The online key keeps the repository fresh: a new timestamp, nothing else.
+    let out = ok(&[
         "release",
         "sign",
         "--dir",
         w,
         "--key",
-        &key("root2", "key"),
+        &key("timestamp", "key"),
+        "--refresh-timestamp",
     ]);
+    assert!(out.contains("timestamp v3: 1/1"), "{out}");
     ok(&["release", "publish", "--dir", w, "--repo", s]);
 
     // A box pinned to root v1 follows to v3 (our TUF client, the conformance CLI).
@@ -234,7 +226,7 @@ fn create_sign_publish_verify_and_rotate_root_on_a_directory() {
     ]);
     assert!(out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("root v3"),
+        String::from_utf8_lossy(&out.stderr).contains("root v3, timestamp v3"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
