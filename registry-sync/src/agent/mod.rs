@@ -18,7 +18,7 @@ pub mod download;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::install::{InstallErrorKind, InstallStore, BUNDLE_FILE, MODEL_FILE};
 use crate::tuf::{self, ErrorKind, TargetFile, TufError, Updater, UpdaterConfig};
@@ -139,6 +139,8 @@ pub struct Agent {
     refused: BTreeSet<(String, String, String)>,
     /// The last metadata refusal, so a repeated one is not reported every poll.
     last_refusal: Option<String>,
+    /// How long the last successful metadata refresh took (for the install log line).
+    refreshed_in: Duration,
 }
 
 fn base_of(url: &str, sub: &str) -> String {
@@ -199,6 +201,7 @@ impl Agent {
             targets,
             refused: BTreeSet::new(),
             last_refusal: None,
+            refreshed_in: Duration::ZERO,
         })
     }
 
@@ -229,11 +232,13 @@ impl Agent {
 
     /// One poll (see the module docs).
     pub fn poll_once(&mut self, deployer: &mut dyn Deployer) -> PollOutcome {
+        let started = Instant::now();
         let mut up = match self.updater().and_then(|mut u| u.refresh().map(|_| u)) {
             Ok(u) => u,
             Err(e) => return self.metadata_failure(deployer, e),
         };
         self.last_refusal = None;
+        self.refreshed_in = started.elapsed();
         let mut installed = Vec::new();
         for name in self.cfg.models.clone() {
             match self.follow(&mut up, deployer, &name) {
@@ -486,6 +491,7 @@ impl Agent {
             }
             Err(e) => return Err(Transient(TufError::new(ErrorKind::Io, e.message))),
         };
+        let fetch_start = Instant::now();
         for (info, file, cap) in [
             (&infos[0], BUNDLE_FILE, self.cfg.max_bundle_bytes),
             (&infos[1], MODEL_FILE, self.cfg.max_model_bytes),
@@ -503,6 +509,7 @@ impl Agent {
                 }
             }
         }
+        let fetched = Instant::now();
         let staged = StagedRelease {
             model: name.to_owned(),
             version: v.to_owned(),
@@ -516,6 +523,7 @@ impl Agent {
             self.reject(deployer, name, v, &key, RejectKind::Validation, reason);
             return Ok(None);
         }
+        let validated = Instant::now();
         let committed = self
             .store
             .commit(name, v, offer.counter, &staging)
@@ -526,12 +534,24 @@ impl Agent {
             release_counter: committed.release_counter,
             dir: self.store.version_dir(name, v),
         };
+        let commit_done = Instant::now();
         if let Err(reason) = deployer.activate(&release) {
             // Committed but not swapped in: it will be started on after a restart; say so.
             self.reject(deployer, name, v, &key, RejectKind::Validation, reason);
             return Ok(None);
         }
-        tracing::info!(model = name, version = v, "registry: installed and serving");
+        // What publishing-to-serving costs besides the poll wait (benches/RESULTS.md).
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            model = name,
+            version = v,
+            refresh_ms = ms(self.refreshed_in),
+            fetch_ms = ms(fetched - fetch_start),
+            validate_ms = ms(validated - fetched),
+            commit_ms = ms(commit_done - validated),
+            swap_ms = ms(commit_done.elapsed()),
+            "registry: installed and serving"
+        );
         deployer.event(&AgentEvent::Installed {
             model: name.to_owned(),
             version: v.to_owned(),
