@@ -45,6 +45,8 @@ const WRONG_TOKEN: &str = "the HELLO carries no token or the wrong one";
 const RETRY_AFTER_MS: u64 = 1;
 /// Rows in a large request's first chunk while this core has not timed the model yet.
 const FIRST_CHUNK_ROWS: usize = 64;
+/// Connections that may go ahead of large jobs between two of their chunks.
+const JUMP_LIMIT: usize = 16;
 
 /// What every core shares.
 pub(crate) struct Shared {
@@ -346,6 +348,10 @@ pub(crate) struct Core {
     ready: RefCell<VecDeque<Rc<Conn>>>,
     /// The executor alternates between batches and lanes; true = a lane's turn next.
     lane_turn: Cell<bool>,
+    /// Large jobs between two chunks (`Conn::resume`), and connections put at the front of
+    /// `ready` since a chunk last ran (see [`Core::enqueue`]).
+    parked: Cell<usize>,
+    jumps: Cell<usize>,
     /// Jobs waiting: in the queue plus in forming batches.
     pub(super) waiting: Cell<usize>,
     exec_wake: Notify,
@@ -369,6 +375,8 @@ impl Core {
             queue: RefCell::new(VecDeque::new()),
             ready: RefCell::new(VecDeque::new()),
             lane_turn: Cell::new(false),
+            parked: Cell::new(0),
+            jumps: Cell::new(0),
             waiting: Cell::new(0),
             exec_wake: Notify::default(),
             responses: RefCell::new(Vec::new()),
@@ -969,7 +977,17 @@ impl Core {
         let idle = conn.lane.borrow().is_empty() && conn.resume.borrow().is_none();
         conn.lane.borrow_mut().push_back(job);
         if idle {
-            self.ready.borrow_mut().push_back(conn);
+            // While large jobs wait between chunks, a connection that had nothing queued
+            // goes first, so a client with one request waits for the chunk running now, not
+            // for a chunk of every large job; at most JUMP_LIMIT connections jump ahead
+            // between two chunks, so large jobs keep moving.
+            let jumps = self.jumps.get();
+            if self.parked.get() > 0 && jumps < JUMP_LIMIT {
+                self.jumps.set(jumps + 1);
+                self.ready.borrow_mut().push_front(conn);
+            } else {
+                self.ready.borrow_mut().push_back(conn);
+            }
         }
         self.exec_wake.notify();
     }
@@ -985,7 +1003,11 @@ impl Core {
             let conn = ready.pop_front()?;
             let resumed = conn.resume.borrow_mut().take();
             let work = match resumed {
-                Some((job, progress)) => Some(Work::Job(job, Some(progress))),
+                Some((job, progress)) => {
+                    self.parked.set(self.parked.get() - 1);
+                    self.jumps.set(0);
+                    Some(Work::Job(job, Some(progress)))
+                }
                 None => conn
                     .lane
                     .borrow_mut()
@@ -1251,6 +1273,7 @@ impl Core {
     /// Puts a job between two chunks back in its connection's turn.
     fn park(&self, job: Job, progress: Progress) {
         self.set_waiting(self.waiting.get() + 1);
+        self.parked.set(self.parked.get() + 1);
         let conn = job.conn.clone();
         *conn.resume.borrow_mut() = Some((job, progress));
         // A connection with jobs in its lane is in the ready queue already.
