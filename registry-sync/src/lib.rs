@@ -7,10 +7,10 @@
 //! Architecture invariant: this crate never runs a model. It hands bytes and
 //! identity to the daemon, which loads, warms and swaps them in.
 
-pub mod mlflow;
-pub mod release;
 pub mod agent;
 pub mod install;
+pub mod mlflow;
+pub mod release;
 pub mod tuf;
 
 use std::path::{Path, PathBuf};
