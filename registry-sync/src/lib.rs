@@ -2,7 +2,9 @@
 //!
 //! Model files on local disk, named in the daemon's config; [`tuf`], the TUF client
 //! that signed releases are verified with; [`agent`], the pull agent that follows a
-//! repository; and [`install`], the power-safe install of verified versions.
+//! repository; [`install`], the power-safe install of verified versions; and the
+//! release side: [`release`] (what a release is, `bundle.json`, and the repository a
+//! release engineer signs and publishes) and [`mlflow`] (MLflow's REST API).
 //!
 //! Architecture invariant: this crate never runs a model. It hands bytes and
 //! identity to the daemon, which loads, warms and swaps them in.
