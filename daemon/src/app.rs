@@ -209,6 +209,21 @@ impl Control {
         Ok(v)
     }
 
+    /// Loads `spec` again on `engine` and swaps it in under the same name and version (GPU
+    /// failover and back); its routing is kept, requests already admitted finish on the old.
+    pub fn reload_on(
+        &self,
+        spec: &ModelSpec,
+        engine: edgeinfer_engine::EngineChoice,
+    ) -> anyhow::Result<Arc<ModelVersion>> {
+        let load = LoadOptions {
+            engine,
+            ..spec.load.clone()
+        };
+        let model = load_engine_model(&read_artifact(spec)?, &load)?;
+        self.install_model(&spec.name, &spec.version, model, spec.serving.clone())
+    }
+
     /// Routes `name`'s unpinned requests to `version` (already installed).
     pub fn activate(&self, name: &str, version: &str) -> anyhow::Result<()> {
         self.change(|next| {

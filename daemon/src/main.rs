@@ -130,6 +130,10 @@ fn run(
     let app = App::start(opts, table.clone(), listeners)?;
     let _registry = edgeinferd::registry_glue::start(&cfg, app.control().clone())?;
     let _telemetry = edgeinferd::telemetry_glue::start(&cfg, table.clone())?;
+    edgeinferd::telemetry_glue::on_gpu_transition(edgeinferd::telemetry_glue::gpu_failover(
+        app.control().clone(),
+        cfg.model_specs(),
+    ));
     let http = match http_listener {
         Some(l) => Some(http::spawn(&cfg, table.clone(), Some(app.stats()), l)?),
         None => None,

@@ -22,6 +22,7 @@ use edgeinfer_proto::{ErrorCode, FeedbackRequest, FeedbackResponse};
 use edgeinfer_telemetry::config::BrokerAddr;
 use edgeinfer_telemetry::drift::{DriftCounts, ReferenceStats};
 use edgeinfer_telemetry::events::Event;
+use edgeinfer_telemetry::gpu::{FileSource, GpuSource, NvmlSource, Transition};
 use edgeinfer_telemetry::hub::{Hub, HubSettings};
 use edgeinfer_telemetry::latency::{CoreRecorder, LatencyReport, Series};
 use edgeinfer_telemetry::messages::{ModelState, OutboxState, Status, Topics};
@@ -466,6 +467,81 @@ pub fn write_metrics(out: &mut String) {
     }
 }
 
+// === GPU failover ===
+
+/// What the control thread calls on a GPU health transition (set once by `main`).
+type GpuHandler = Box<dyn Fn(&Transition) + Send + Sync>;
+static GPU_HANDLER: OnceLock<GpuHandler> = OnceLock::new();
+/// Versions moved off the GPU, to move back on recovery.
+static FAILED_OVER: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Sets what a GPU transition does (see [`gpu_failover`]).
+pub fn on_gpu_transition(f: GpuHandler) {
+    let _ = GPU_HANDLER.set(f);
+}
+
+/// The failover itself, on its own thread (loading and warming take seconds; the control
+/// thread keeps publishing): on `FailOver`, every version serving on `ort-cuda` is reloaded on
+/// `ort-cpu` and swapped in under the same name and version; on `Recover`, those go back to
+/// the engine their spec asks for. Each move is an `engine_fallback` event. Requests keep
+/// being served throughout (the swap is `Control`'s: nothing is refused).
+pub fn gpu_failover(control: crate::app::Control, specs: Vec<crate::app::ModelSpec>) -> GpuHandler {
+    use edgeinfer_engine::{Backend, EngineChoice};
+    let specs = Arc::new(specs);
+    Box::new(move |t: &Transition| {
+        let (control, specs, t) = (control.clone(), specs.clone(), t.clone());
+        let _ = std::thread::Builder::new()
+            .name("edgeinfer-gpu-failover".into())
+            .spawn(move || {
+                let snap = control.table().snapshot();
+                let backend_of = |name: &str, version: &str| {
+                    snap.versions()
+                        .find(|v| v.name == name && v.version == version)
+                        .map(|v| v.model.backend())
+                };
+                for spec in specs.iter() {
+                    let (name, version) = (spec.name.clone(), spec.version.clone());
+                    let (engine, reason) = match &t {
+                        Transition::FailOver { reason } => {
+                            if backend_of(&name, &version) != Some(Backend::OrtCuda) {
+                                continue;
+                            }
+                            (EngineChoice::OrtCpu, reason.clone())
+                        }
+                        Transition::Recover => {
+                            let mut moved = FAILED_OVER.lock().unwrap_or_else(|e| e.into_inner());
+                            let Some(i) = moved.iter().position(|m| *m == (name.clone(), version.clone()))
+                            else {
+                                continue;
+                            };
+                            moved.remove(i);
+                            (spec.load.engine, "the GPU is healthy again".to_owned())
+                        }
+                    };
+                    let from = backend_of(&name, &version).map_or("?", |b| b.name());
+                    match control.reload_on(spec, engine) {
+                        Ok(v) => {
+                            if matches!(t, Transition::FailOver { .. }) {
+                                FAILED_OVER
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push((name.clone(), version.clone()));
+                            }
+                            emit(Event::EngineFallback {
+                                model: name,
+                                version,
+                                from: from.to_owned(),
+                                to: v.model.backend().name().to_owned(),
+                                reason,
+                            });
+                        }
+                        Err(e) => tracing::error!(model = %name, version = %version, "GPU failover: {e:#}"),
+                    }
+                }
+            });
+    })
+}
+
 // === start ===
 
 /// Running telemetry: dropping it stops the control thread and the MQTT task.
@@ -616,6 +692,10 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
             version: v.version.clone(),
         });
     }
+    let gpu: Box<dyn GpuSource> = match &t.gpu_readings_file {
+        Some(p) => Box::new(FileSource(p.clone())),
+        None => Box::new(NvmlSource),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let interval = Duration::from_secs(t.interval_s.max(1));
@@ -624,6 +704,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         .spawn(move || {
             Control {
                 hub,
+                gpu,
                 predlog,
                 pending: Vec::new(),
                 names: Vec::new(),
@@ -675,6 +756,7 @@ fn status(table: &ModelTable, outbox: &Outbox, started: Instant) -> Status {
 
 struct Control {
     hub: Hub,
+    gpu: Box<dyn GpuSource>,
     predlog: PredictionLog,
     /// Predictions not yet written to the log: (version index, id, time, output).
     pending: Vec<(u32, u64, u64, f64)>,
@@ -740,11 +822,15 @@ impl Control {
                     }
                     Err(e) => tracing::warn!("telemetry: {e}"),
                 }
-                report(
-                    self.hub
-                        .gpu(&edgeinfer_telemetry::gpu::read_gpus())
-                        .map(|_| ()),
-                );
+                match self.hub.gpu(&self.gpu.read()) {
+                    Ok(Some(t)) => {
+                        if let Some(h) = GPU_HANDLER.get() {
+                            h(&t);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("telemetry: {e}"),
+                }
                 report(self.hub.status(&status(&table, self.hub.outbox(), started)));
             }
         }

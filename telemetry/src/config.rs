@@ -40,6 +40,9 @@ pub struct TelemetryConfig {
     pub prediction_log_path: Option<PathBuf>,
     pub prediction_log_ttl_s: u64,
     pub prediction_log_max_bytes: u64,
+    /// Read GPU health from this JSON file (a `GpuSample`) instead of NVML: a fake NVML for
+    /// tests and failover drills. Unset = NVML.
+    pub gpu_readings_file: Option<PathBuf>,
 }
 
 impl Default for TelemetryConfig {
@@ -64,6 +67,7 @@ impl Default for TelemetryConfig {
             prediction_log_path: None,
             prediction_log_ttl_s: 3600,
             prediction_log_max_bytes: 256 << 20,
+            gpu_readings_file: None,
         }
     }
 }

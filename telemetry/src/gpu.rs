@@ -3,10 +3,12 @@
 //! whether the engine should leave the GPU for the CPU or come back, with hysteresis so a
 //! GPU hovering at a limit does not flap. The decision is tested with fake readings.
 
-use serde::Serialize;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 /// One GPU at one instant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuReading {
     pub index: u32,
     pub name: String,
@@ -22,7 +24,7 @@ pub struct GpuReading {
 }
 
 /// What NVML answered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum GpuSample {
     /// NVML (or the driver) is not there: publish "no GPU" once.
     NoNvml { reason: String },
@@ -71,6 +73,42 @@ pub fn read_gpus() -> GpuSample {
         });
     }
     GpuSample::Gpus(out)
+}
+
+/// Where readings come from: NVML, or a file standing in for it.
+pub trait GpuSource: Send {
+    fn read(&mut self) -> GpuSample;
+}
+
+/// The real GPUs, through NVML.
+#[derive(Debug, Default)]
+pub struct NvmlSource;
+
+impl GpuSource for NvmlSource {
+    fn read(&mut self) -> GpuSample {
+        read_gpus()
+    }
+}
+
+/// A fake NVML: each reading is the JSON [`GpuSample`] in a file, re-read every time
+/// (`telemetry.gpu_readings_file`), so a test or a drill can make a GPU overheat, get lost
+/// or recover. An unreadable file reads as a lost GPU, as a dead driver would.
+#[derive(Debug)]
+pub struct FileSource(pub PathBuf);
+
+impl GpuSource for FileSource {
+    fn read(&mut self) -> GpuSample {
+        match std::fs::read(&self.0)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("GPU readings file {}: {e}", self.0.display());
+                GpuSample::Gpus(Vec::new())
+            }
+        }
+    }
 }
 
 /// Limits and hysteresis of the failover decision.
@@ -239,6 +277,22 @@ mod tests {
         assert_eq!(t.iter().filter(|x| x.is_some()).count(), 2, "{t:?}");
         assert_eq!(t[8], Some(Transition::Recover), "{t:?}");
         assert_eq!(t[9], None, "88 °C is healthy again (below 90)");
+    }
+
+    #[test]
+    fn a_readings_file_stands_in_for_nvml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gpu.json");
+        let mut src = FileSource(path.clone());
+        assert_eq!(
+            src.read(),
+            GpuSample::Gpus(vec![]),
+            "missing file = GPU lost"
+        );
+        std::fs::write(&path, serde_json::to_vec(&at(95, Some(1))).unwrap()).unwrap();
+        assert_eq!(src.read(), at(95, Some(1)));
+        std::fs::write(&path, br#"{"NoNvml": {"reason": "driver gone"}}"#).unwrap();
+        assert!(matches!(src.read(), GpuSample::NoNvml { reason } if reason == "driver gone"));
     }
 
     #[test]
