@@ -477,4 +477,68 @@ mod tests {
         assert!(artifact_path("mlflow-artifacts:/1/../../etc").is_err());
         assert!(MlflowClient::new("https://h").is_err());
     }
+
+    /// A loopback server answering each connection with the next canned (status, body),
+    /// recording the request lines. (The real MLflow is in tools/tests/release_mlflow.rs;
+    /// a version that is not READY cannot be made on demand there.)
+    fn canned(answers: Vec<(u16, &'static str)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (status, body) in answers {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                seen.push(line.trim_end().to_owned());
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                }
+                let mut s = s;
+                write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (base, h)
+    }
+
+    #[test]
+    fn only_ready_versions_are_accepted_and_errors_say_why() {
+        let pending = r#"{"model_version": {"name": "churn", "version": "4",
+            "source": "models:/m-1", "run_id": "r", "status": "PENDING_REGISTRATION"}}"#;
+        let ready = r#"{"model_version": {"name": "churn", "version": "4",
+            "source": "models:/m-1", "run_id": "r", "status": "READY"}}"#;
+        let missing = r#"{"error_code": "RESOURCE_DOES_NOT_EXIST",
+            "message": "Registered model alias nosuch not found."}"#;
+        let (base, server) = canned(vec![(200, pending), (200, ready), (404, missing)]);
+        let c = MlflowClient::new(&base).unwrap();
+        let e = c.ready_version_by_alias("churn", "champion").unwrap_err();
+        assert_eq!(e.kind, K::Mlflow);
+        assert!(e.message.contains("PENDING_REGISTRATION, not READY"), "{e}");
+        let mv = c.ready_version_by_alias("churn", "champion").unwrap();
+        assert_eq!(
+            (mv.version.as_str(), mv.source.as_str()),
+            ("4", "models:/m-1")
+        );
+        let e = c.version_by_alias("churn", "no such").unwrap_err();
+        assert_eq!(e.kind, K::Mlflow);
+        assert!(e.message.contains("alias nosuch not found"), "{e}");
+        let seen = server.join().unwrap();
+        assert_eq!(
+            seen[2],
+            "GET /api/2.0/mlflow/registered-models/alias?name=churn&alias=no%20such HTTP/1.1"
+        );
+    }
 }
