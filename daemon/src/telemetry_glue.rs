@@ -882,6 +882,8 @@ impl Control {
         if self.pending.is_empty() {
             return;
         }
+        // In id order, LMDB's inserts walk the B-tree's right edge (cores' blocks interleave).
+        self.pending.sort_unstable_by_key(|p| p.1);
         let names = &self.names;
         let rows: Vec<LogRow<'_>> = self
             .pending

@@ -8,12 +8,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use edgeinfer_telemetry::Clock;
+
 use edgeinfer_telemetry::drift::{
     normal_samples, DriftCounts, DriftWindow, FeatureRef, ReferenceStats,
 };
 use edgeinfer_telemetry::events::Event;
 use edgeinfer_telemetry::messages::Topics;
 use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
+use edgeinfer_telemetry::predlog::{LogRow, PredictionLog};
 use edgeinfer_telemetry::SystemClock;
 
 fn main() {
@@ -91,4 +94,45 @@ fn main() {
         println!("drift counting on a core, {features} features: {per_row:.0} ns per row");
         std::hint::black_box(&c);
     }
+
+    // The prediction log as the control thread writes it: batches of 1,024 rows.
+    let dir = tempfile::tempdir().unwrap();
+    let log = PredictionLog::open(dir.path(), 256 << 20, 3_600_000, Arc::new(SystemClock)).unwrap();
+    let now = SystemClock.now_ms();
+    let batches = 200u64;
+    let t = Instant::now();
+    for b in 0..batches {
+        let rows: Vec<LogRow<'_>> = (0..1024u64)
+            .map(|k| LogRow {
+                id: b * 1024 + k + 1,
+                ts_ms: now,
+                model: "churn",
+                version: "1",
+                arm: "default",
+                entity: "",
+                output: (k % 2) as f64,
+            })
+            .collect();
+        log.insert_rows(&rows).unwrap();
+    }
+    let per_row = t.elapsed().as_secs_f64() * 1e9 / (batches * 1024) as f64;
+    println!(
+        "prediction log write (control thread), batches of 1024: {per_row:.0} ns per prediction"
+    );
+
+    // What an answered PREDICT costs its core with telemetry on, besides the drift counting
+    // above: the wall clock and one channel send of the prediction record (drained by
+    // another thread, as the control thread does).
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, u64, u64, [f64; 4])>();
+    let drain = std::thread::spawn(move || rx.iter().count());
+    let n = 1_000_000u64;
+    let t = Instant::now();
+    for i in 0..n {
+        let ts = SystemClock.now_ms();
+        tx.send((0, i, ts, [1.0, 0.0, 0.0, 0.0])).unwrap();
+    }
+    let per_req = t.elapsed().as_secs_f64() * 1e9 / n as f64;
+    drop(tx);
+    assert_eq!(drain.join().unwrap() as u64, n);
+    println!("core side per request (clock + channel send of the record): {per_req:.0} ns");
 }
