@@ -5,7 +5,7 @@
 
 mod registry_support;
 
-use edgeinfer_registry::agent::{AgentEvent, RejectKind};
+use edgeinfer_registry::agent::RejectKind;
 use edgeinfer_registry::tuf::testrepo::{Signer, NOW};
 use edgeinfer_registry::tuf::ErrorKind;
 use registry_support::*;
@@ -14,25 +14,6 @@ fn start(env: &Env) -> Daemon {
     let d = Daemon::start(&env.config(env.repo_dir().to_str().unwrap()), clock());
     d.assert_serving("1");
     d
-}
-
-fn installs(env: &mut Env, d: &Daemon, version: &str, counter: u64) {
-    let n = d.event_count();
-    publish_release(&mut env.repo, "churn", version, counter, &churn_model());
-    env.write();
-    d.poll();
-    assert!(
-        d.registry()
-            .wait_event(
-                n,
-                WAIT,
-                |e| matches!(e, AgentEvent::Installed { version: v, .. } if v == version)
-            )
-            .is_some(),
-        "{version} not installed: {:?}",
-        d.events_since(n)
-    );
-    d.assert_serving(version);
 }
 
 #[test]
@@ -74,7 +55,7 @@ fn tampered_and_substituted_files_are_refused() {
     d.assert_serving("1");
     // The mirror stops lying: the signed version installs.
     std::fs::write(&b2, &good_bundle).unwrap();
-    installs(&mut env, &d, "3", 3);
+    release_and_serve(&mut env, &d, "3", 3);
 }
 
 #[test]
@@ -139,14 +120,14 @@ fn bad_signatures_too_few_and_a_key_counted_twice_are_refused() {
     env.repo
         .signers
         .insert("targets".into(), vec![Signer::new(4), Signer::new(50)]);
-    installs(&mut env, &d, "3", 3);
+    release_and_serve(&mut env, &d, "3", 3);
 }
 
 #[test]
 fn rollback_of_each_role_is_refused() {
     let mut env = Env::new();
     let d = start(&env);
-    installs(&mut env, &d, "2", 2);
+    release_and_serve(&mut env, &d, "2", 2);
     let ts_now = env.repo.latest("timestamp").to_vec();
 
     // Timestamp: an older signed timestamp replayed.
@@ -199,7 +180,7 @@ fn rollback_of_each_role_is_refused() {
     d.assert_serving("2");
 
     // Honest metadata again (versions above everything seen): the next release installs.
-    installs(&mut env, &d, "3", 3);
+    release_and_serve(&mut env, &d, "3", 3);
 }
 
 #[test]
@@ -231,7 +212,7 @@ fn an_expired_timestamp_replayed_is_refused() {
     // A fresh timestamp: version 2 arrives.
     env.repo.signed.get_mut("timestamp").unwrap()["expires"] = "2100-01-01T00:00:00Z".into();
     env.repo.publish(&["timestamp"]);
-    installs(&mut env, &d, "3", 3);
+    release_and_serve(&mut env, &d, "3", 3);
 }
 
 #[test]
@@ -256,7 +237,7 @@ fn mix_and_match_of_targets_from_different_snapshots_is_refused() {
         metadata_kind(ErrorKind::VersionMismatch),
     );
     d.assert_serving("1");
-    installs(&mut env, &d, "3", 3);
+    release_and_serve(&mut env, &d, "3", 3);
 }
 
 #[test]
@@ -319,7 +300,7 @@ fn path_traversal_and_absolute_target_names_are_refused() {
     d.assert_serving("1");
     assert!(!evil.exists());
     assert!(!env.state_dir().join("evil").exists());
-    installs(&mut env, &d, "2", 2);
+    release_and_serve(&mut env, &d, "2", 2);
 }
 
 #[test]
@@ -330,7 +311,7 @@ fn root_rotation_with_the_threshold_going_up_and_down() {
     env.repo.add_root_key("root", Signer::new(60));
     env.repo.root()["roles"]["root"]["threshold"] = 2.into();
     env.repo.publish(&["root"]);
-    installs(&mut env, &d, "2", 2);
+    release_and_serve(&mut env, &d, "2", 2);
 
     // Root v3 signed by one of the two: refused, and the daemon stays on trusted root v2.
     env.repo.root()["roles"]["root"]["threshold"] = 1.into();
@@ -357,9 +338,9 @@ fn root_rotation_with_the_threshold_going_up_and_down() {
     env.repo.publish(&["root"]);
     assert_eq!(env.repo.signed["root"]["version"], 3);
     // Down: root v3 (threshold 1 now) is signed by both, so v2's threshold of 2 is met.
-    installs(&mut env, &d, "3", 3);
+    release_and_serve(&mut env, &d, "3", 3);
     // With threshold 1, root v4 signed by key 1 alone is accepted.
     env.repo.signers.insert("root".into(), vec![Signer::new(1)]);
     env.repo.publish(&["root"]);
-    installs(&mut env, &d, "4", 4);
+    release_and_serve(&mut env, &d, "4", 4);
 }

@@ -14,20 +14,6 @@ fn dir_url(env: &Env) -> String {
     env.repo_dir().to_str().unwrap().to_owned()
 }
 
-fn installed(d: &Daemon, from: usize, version: &str) {
-    assert!(
-        d.registry()
-            .wait_event(
-                from,
-                WAIT,
-                |e| matches!(e, AgentEvent::Installed { version: v, .. } if v == version)
-            )
-            .is_some(),
-        "{version} not installed: {:?}",
-        d.events_since(from)
-    );
-}
-
 #[test]
 fn corrupt_trusted_metadata_falls_back_to_the_pinned_root_and_keeps_serving() {
     let mut env = Env::new();
@@ -54,7 +40,7 @@ fn corrupt_trusted_metadata_falls_back_to_the_pinned_root_and_keeps_serving() {
     publish_release(&mut env.repo, "churn", "2", 2, &churn_model());
     env.write();
     d.poll();
-    installed(&d, n, "2");
+    expect_installed(&d, n, "2");
     d.assert_serving("2");
 }
 
@@ -75,7 +61,7 @@ fn a_corrupt_install_state_falls_back_and_a_changed_file_is_never_loaded() {
     std::fs::write(mdir.join("state.json"), b"{\"model\": \"churn\", \"act").unwrap();
     let d = Daemon::start(&cfg, clock());
     assert_eq!(d.restored, ["churn@1"]);
-    installed(&d, 0, "2");
+    expect_installed(&d, 0, "2");
     d.assert_serving("2");
     drop(d);
 
@@ -105,7 +91,7 @@ fn a_corrupt_install_state_falls_back_and_a_changed_file_is_never_loaded() {
     expect_rejection(&d, 0, "unreadable install state", |k| {
         *k == RejectKind::LocalState
     });
-    installed(&d, 0, "2");
+    expect_installed(&d, 0, "2");
     d.assert_serving("2");
 }
 

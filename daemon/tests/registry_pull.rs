@@ -9,29 +9,19 @@ use edgeinfer_registry::agent::AgentEvent;
 use edgeinfer_registry::install::{InstallStore, MODEL_FILE};
 use registry_support::*;
 
-fn installed(d: &Daemon, from: usize, version: &str) {
-    d.registry()
-        .wait_event(
-            from,
-            WAIT,
-            |e| matches!(e, AgentEvent::Installed { version: v, .. } if v == version),
-        )
-        .unwrap_or_else(|| panic!("{version} not installed: {:?}", d.events_since(from)));
-}
-
 #[test]
 fn pulls_from_a_directory_serves_it_and_restarts_on_the_last_verified_version() {
     let mut env = Env::new();
     let cfg = env.config(env.repo_dir().to_str().unwrap());
     let mut d = Daemon::start(&cfg, clock());
-    installed(&d, 0, "1");
+    expect_installed(&d, 0, "1");
     d.assert_serving("1");
 
     let n = d.event_count();
     publish_release(&mut env.repo, "churn", "2", 2, &churn_model());
     env.write();
     d.poll();
-    installed(&d, n, "2");
+    expect_installed(&d, n, "2");
     d.assert_serving("2");
     // Version 1 is retired from the table but kept on disk (keep_versions = 2).
     let store = InstallStore::open(&env.state_dir(), 2).unwrap();
@@ -69,7 +59,7 @@ fn pulls_from_a_directory_serves_it_and_restarts_on_the_last_verified_version() 
         publish_release(&mut env.repo, "churn", v, c, &churn_model());
         env.write();
         d.poll();
-        installed(&d, n, v);
+        expect_installed(&d, n, v);
     }
     d.assert_serving("4");
     assert!(!store.version_dir("churn", "1").exists(), "pruned");
@@ -80,7 +70,7 @@ fn pulls_from_a_directory_serves_it_and_restarts_on_the_last_verified_version() 
     publish_release(&mut env.repo, "churn", "5", 5, &churn_model());
     env.write();
     d.poll();
-    installed(&d, n, "5");
+    expect_installed(&d, n, "5");
     assert!(!store.version_dir("churn", "2").exists(), "pruned");
 }
 
@@ -104,7 +94,7 @@ fn pulls_over_http_and_resumes_an_interrupted_download_with_range() {
     server.set_mode(Mode::Normal);
     let n = d.event_count();
     d.poll();
-    installed(&d, n, "1");
+    expect_installed(&d, n, "1");
     d.assert_serving("1");
     // The first target fetched (bundle.json) was cut at byte 1000; the next poll asked for
     // the rest of the same file only.
@@ -131,7 +121,7 @@ fn pulls_over_http_and_resumes_an_interrupted_download_with_range() {
     publish_release(&mut env.repo, "churn", "2", 2, &churn_model());
     env.write();
     d.poll();
-    installed(&d, n, "2");
+    expect_installed(&d, n, "2");
     d.assert_serving("2");
 }
 
@@ -203,7 +193,7 @@ fn a_rollout_directive_chooses_the_version() {
     publish_release(&mut env.repo, "churn", "2", 2, &churn_model());
     env.write();
     d.poll();
-    installed(&d, n, "2");
+    expect_installed(&d, n, "2");
     // The operator rolls back to 1 with a signed directive.
     let directive = edgeinfer_rollout::RolloutDirective::stable_only("churn", "1").to_bytes();
     env.repo
@@ -212,7 +202,7 @@ fn a_rollout_directive_chooses_the_version() {
     env.write();
     let n = d.event_count();
     d.poll();
-    installed(&d, n, "1");
+    expect_installed(&d, n, "1");
     d.assert_serving("1");
 }
 

@@ -290,6 +290,27 @@ pub fn expect_rejection(
     }
 }
 
+/// Waits for `version` to be reported installed after event `from`.
+pub fn expect_installed(d: &Daemon, from: usize, version: &str) {
+    d.registry()
+        .wait_event(
+            from,
+            WAIT,
+            |e| matches!(e, AgentEvent::Installed { version: v, .. } if v == version),
+        )
+        .unwrap_or_else(|| panic!("{version} not installed: {:?}", d.events_since(from)));
+}
+
+/// Publishes churn `version`, polls, and checks it installs and serves.
+pub fn release_and_serve(env: &mut Env, d: &Daemon, version: &str, counter: u64) {
+    let n = d.event_count();
+    publish_release(&mut env.repo, "churn", version, counter, &churn_model());
+    env.write();
+    d.poll();
+    expect_installed(d, n, version);
+    d.assert_serving(version);
+}
+
 // === a static HTTP server ===
 
 /// How the server misbehaves.

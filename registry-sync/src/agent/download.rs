@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::tuf::fetch::{copy_capped, percent_decode, HttpFetcher};
+use crate::tuf::fetch::{copy_capped, open_repository_file, percent_decode, HttpFetcher};
 use crate::tuf::metadata::{check_length, Hasher};
 use crate::tuf::updater::HashingSink;
 use crate::tuf::{ErrorKind, Result, TargetFile, TufError};
@@ -58,14 +58,7 @@ impl TargetSource {
                     TufError::new(ErrorKind::NotFound, format!("bad path {rel:?}"))
                 })?;
                 let path = base.join(&rel);
-                let mut f = File::open(&path).map_err(|e| {
-                    let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                        ErrorKind::NotFound
-                    } else {
-                        ErrorKind::Fetch
-                    };
-                    TufError::new(kind, format!("{}: {e}", path.display()))
-                })?;
+                let mut f = open_repository_file(&path)?;
                 f.seek(SeekFrom::Start(offset))
                     .map_err(|e| io_err("cannot seek", &path, e))?;
                 let n = copy_capped(&mut f, max, sink, &path.display().to_string())?;

@@ -67,6 +67,19 @@ pub(crate) fn copy_capped(
     }
 }
 
+/// Opens a file of a directory repository: a missing file is [`ErrorKind::NotFound`]
+/// (a 404), anything else [`ErrorKind::Fetch`].
+pub(crate) fn open_repository_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Fetch
+        };
+        TufError::new(kind, format!("{}: {e}", path.display()))
+    })
+}
+
 /// Files under a local directory (a mounted medium, a repository on disk).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DirFetcher;
@@ -95,14 +108,7 @@ impl DirFetcher {
 impl Fetcher for DirFetcher {
     fn fetch_to(&self, base: &str, rel: &str, max_len: u64, sink: &mut dyn Write) -> Result<u64> {
         let path = Self::path(base, rel)?;
-        let mut f = std::fs::File::open(&path).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::NotFound
-            } else {
-                ErrorKind::Fetch
-            };
-            TufError::new(kind, format!("{}: {e}", path.display()))
-        })?;
+        let mut f = open_repository_file(&path)?;
         if let Ok(m) = f.metadata() {
             if m.len() > max_len {
                 return err(
