@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Feature-store figures (benches/RESULTS.md, "Feature store"): LMDB lookup + assembly at
-# 10k and 1M entities, one Redis GET of the same row over loopback, CSV import rows/s.
+# 10k and 1M entities, one Redis GET of the same row over loopback, CSV import rows/s, and
+# end-to-end PREDICT_BY_ENTITY vs PREDICT (by tensor) over the daemon's Unix socket.
 # Installs and starts Debian's redis-server itself (bench only; tests never need it).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,9 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-echo "commit $(git rev-parse --short HEAD)$(git diff --quiet -- features || echo '+dirty')  machine: $(nproc) cores, $(uname -r)"
+echo "commit $(git rev-parse --short HEAD)$(git diff --quiet -- features daemon/src/server/entity.rs || echo '+dirty')  machine: $(nproc) cores, $(uname -r)"
 echo "redis $(redis-server --version | awk '{print $3}')"
 EDGEINFER_BENCH_REDIS="127.0.0.1:$port" cargo bench -p edgeinfer-features --bench lookup -- --bench
+echo
+# The daemon (release) with the logreg fixture, a store filled by the bench, one core.
+cargo bench -p edgeinferd --bench entity_e2e -- --bench

@@ -1441,7 +1441,7 @@ impl Core {
             }
             if ok {
                 match &job.p.entity {
-                    Some(e) => e.encode_head(job.p.request_id, &meta, &views, &mut r.head),
+                    Some(e) => e.encode_head(job.p.request_id, &mut meta, &views, &mut r.head),
                     None => encode_predict_response_head(
                         job.p.request_id,
                         &mut meta,

@@ -78,16 +78,17 @@ impl EntityJob {
     }
 
     /// The PREDICT_BY_ENTITY_RESPONSE head around `meta` (the PREDICT_RESPONSE the core
-    /// filled) and this job's row reports.
+    /// filled) and this job's row reports. `meta` is moved into the message and back, not
+    /// cloned: its strings and output list are the core's, reused from request to request.
     pub fn encode_head(
         &self,
         request_id: u64,
-        meta: &PredictResponse,
+        meta: &mut PredictResponse,
         outputs: &[proto::TensorView<'_>],
         out: &mut Vec<u8>,
     ) -> Result<u64, proto::ProtoError> {
         let mut msg = PredictByEntityResponse {
-            prediction: Some(meta.clone()),
+            prediction: Some(std::mem::take(meta)),
             rows: self
                 .reports
                 .iter()
@@ -101,7 +102,9 @@ impl EntityJob {
                 .collect(),
             schema_version: self.schema_version,
         };
-        encode_predict_by_entity_response_head(request_id, &mut msg, outputs, out)
+        let result = encode_predict_by_entity_response_head(request_id, &mut msg, outputs, out);
+        *meta = msg.prediction.take().unwrap_or_default();
+        result
     }
 }
 
