@@ -721,6 +721,29 @@ mod tests {
     }
 
     #[test]
+    fn prediction_drift_counts_outputs_through_accessors() {
+        // The model said 1 for 25% of the reference rows; live it says 1 for 60%.
+        let labels: Vec<i64> = (0..1000).map(|i| (i % 4 == 0) as i64).collect();
+        let r = ReferenceStats {
+            features: vec![],
+            outputs: vec![FeatureRef::categorical_from_samples("label", 0, &labels, 2)],
+        };
+        let mut w = DriftWindow::new(r.clone(), 100, 0, 0);
+        let mut c = DriftCounts::for_reference(&r);
+        for i in 0..100 {
+            let y = if i < 60 { 1.0 } else { 0.0 };
+            c.observe_with(&r, |_| f64::NAN, |col| if col == 0 { y } else { f64::NAN });
+        }
+        assert_eq!(c.outputs[0].iter().sum::<u64>(), 100);
+        w.add(&c);
+        c.clear();
+        assert!(c.is_empty() && c.outputs[0].iter().all(|&n| n == 0));
+        let rep = w.close_if_due(1).unwrap();
+        assert_eq!(rep.alerts(), ["label"], "{:?}", rep.outputs);
+        assert!((rep.outputs[0].linf.unwrap() - 0.35).abs() < 1e-9);
+    }
+
+    #[test]
     fn reference_round_trips_through_json() {
         let (r, _) = reference();
         let j = serde_json::to_string(&r).unwrap();
