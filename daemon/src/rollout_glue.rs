@@ -102,6 +102,20 @@ impl RolloutGlue {
         self.device.record()
     }
 
+    /// What the verified bytes of `rollout/<model>.json` decide for this device, without
+    /// serving it or touching the record: for the registry agent, which installs every
+    /// version in `Decision::install` before calling [`RolloutGlue::apply`].
+    pub fn preview(&self, model: &str, bytes: &[u8]) -> anyhow::Result<Decision> {
+        let d = RolloutDirective::parse_for(model, bytes)
+            .with_context(|| format!("rollout/{model}.json"))?;
+        Ok(edgeinfer_rollout::device::decide(
+            &d,
+            self.device.device_id(),
+            self.device.record(),
+            self.device.config(),
+        ))
+    }
+
     /// Takes the verified bytes of `rollout/<model>.json` and serves what they decide for
     /// this device. Every version in the decision's `install` must be in the table (the
     /// agent installs them first); otherwise nothing changes and the error says which.

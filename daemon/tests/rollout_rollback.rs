@@ -146,7 +146,10 @@ fn injected_errors_roll_back_within_one_window_and_survive_a_restart() {
         srv.app().control().clone(),
     );
     assert!(err.is_none());
+    let preview = glue.preview("churn", DIRECTIVE.as_bytes()).unwrap();
+    assert_eq!(preview.install, ["3", "4"]);
     let d = glue.apply("churn", DIRECTIVE.as_bytes(), NOW).unwrap();
+    assert_eq!(d, preview);
     assert!(
         matches!(
             d.serve,

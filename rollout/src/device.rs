@@ -163,6 +163,14 @@ impl DeviceRollout {
         &self.record
     }
 
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    pub fn config(&self) -> &RolloutConfig {
+        &self.cfg
+    }
+
     /// Takes a (verified, validated) directive and decides. A distrusting record (see
     /// [`crate::record`]) writes the directive's candidate down as bad first; an error doing
     /// so is handed back, and the decision still serves stable.
