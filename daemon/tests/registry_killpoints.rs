@@ -166,3 +166,86 @@ fn kill_9_during_install_leaves_the_old_or_the_new_version() {
         "no kill landed after a commit: the test did not install"
     );
 }
+
+/// The same end to end with the real daemon binary: it starts on the area, pulls the
+/// newest release from the repository, validates and commits it, and is killed with
+/// SIGKILL at a random moment of that (EDGEINFER_DAEMON_KILL_POINTS, default 8). A new
+/// release is published each time the previous one made it.
+#[test]
+fn kill_9_of_the_daemon_during_its_pull_leaves_the_old_or_the_new_version() {
+    let points: u64 = std::env::var("EDGEINFER_DAEMON_KILL_POINTS")
+        .ok()
+        .map(|v| v.parse().expect("EDGEINFER_DAEMON_KILL_POINTS is a number"))
+        .unwrap_or(8);
+    let mut env = Env::new();
+    let area = env.state_dir();
+    let base = env.dir.path().join("daemon");
+    std::fs::create_dir_all(&base).unwrap();
+    let cfg_file = base.join("edgeinferd.toml");
+    std::fs::write(
+        &cfg_file,
+        config_text(
+            env.repo_dir().to_str().unwrap(),
+            &env.root_file(),
+            &area,
+            &base,
+        ),
+    )
+    .unwrap();
+    let empty_repo = env.dir.path().join("empty-repo");
+    std::fs::create_dir_all(&empty_repo).unwrap();
+    let verify = env.config(empty_repo.to_str().unwrap());
+    let mut published = 1u64;
+    let mut before = check_area(&area);
+    let (mut advanced, mut same) = (0, 0);
+    for i in 0..points {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgeinferd"))
+            .arg("--config")
+            .arg(&cfg_file)
+            .env("EDGEINFER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("edgeinferd: serving") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "daemon exited early");
+        }
+        // The agent's first poll starts as the daemon reports serving.
+        std::thread::sleep(jitter(400, i));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let after = check_area(&area);
+        let key = |v: &Option<String>| v.as_deref().map(|s| s.parse::<u64>().unwrap()).unwrap_or(0);
+        assert!(
+            key(&after) >= key(&before),
+            "went back from {before:?} to {after:?}"
+        );
+        let d = Daemon::start(&verify, clock());
+        match &after {
+            Some(v) => d.assert_serving(v),
+            None => d.assert_serving("demo"),
+        }
+        drop(d);
+        if key(&after) == published {
+            advanced += 1;
+            published += 1;
+            publish_release(
+                &mut env.repo,
+                "churn",
+                &published.to_string(),
+                published,
+                &churn_model(),
+            );
+            env.write();
+        } else {
+            same += 1;
+        }
+        before = after;
+    }
+    println!(
+        "daemon kill points: {points}, installed before the kill at {advanced}, not at {same}"
+    );
+}

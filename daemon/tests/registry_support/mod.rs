@@ -95,7 +95,14 @@ impl Env {
 }
 
 pub fn config_for(url: &str, root: &Path, state: &Path, base: &Path) -> Config {
-    let text = format!(
+    let cfg = Config::from_toml_str(&config_text(url, root, state, base)).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// The TOML of [`config_for`] (for the daemon binary's `--config`).
+pub fn config_text(url: &str, root: &Path, state: &Path, base: &Path) -> String {
+    format!(
         r#"
 state_dir = "{base}/var"
 [server]
@@ -122,10 +129,7 @@ keep_versions = 2
         base = base.display(),
         root = root.display(),
         state = state.display(),
-    );
-    let cfg = Config::from_toml_str(&text).unwrap();
-    cfg.validate().unwrap();
-    cfg
+    )
 }
 
 // === the daemon ===
