@@ -6,8 +6,11 @@ ROOT=$PWD
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.cache/ort/libonnxruntime.so.1.31.1}
 [ -f "$ORT_DYLIB_PATH" ] || { echo "$NAME.sh: ORT_DYLIB_PATH=$ORT_DYLIB_PATH does not exist" >&2; exit 1; }
 
-cargo build --release -q -p edgeinferd -p edgeinfer
-BIN=$ROOT/target/release
+# BIN=DIR: binaries already built there (a snapshot taken while others keep building).
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p edgeinferd -p edgeinfer
+    BIN=$ROOT/target/release
+fi
 OUT=${OUT:-$ROOT/target/bench-$NAME}
 rm -rf "$OUT" && mkdir -p "$OUT"
 RUN=$(mktemp -d)

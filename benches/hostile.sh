@@ -15,6 +15,7 @@
 #   benches/hostile.sh              # 5 s per latency measurement
 #   DURATION=10 benches/hostile.sh
 #   SKIP_RSS=1 benches/hostile.sh   # head-of-line figures only
+#   CHUNK_BUDGET_US=50 benches/hostile.sh   # another server.chunk_budget_us (default 250)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,6 +39,7 @@ unix_socket = "$DSOCK"
 tcp = ""
 cores = [0]
 $1
+${CHUNK_BUDGET_US:+chunk_budget_us = $CHUNK_BUDGET_US}
 [http]
 listen = ""
 [[models]]
@@ -90,7 +92,7 @@ bench victim_vs_64mib_uncapped --input "$ROW20"
 wait $ATT || true
 stop_daemon
 # Chunking off (a budget no request reaches): requests at the cap run whole, as before.
-daemon "chunk_budget_us = 3600000000"
+CHUNK_BUDGET_US=3600000000 daemon ""
 python3 benches/hostile_clients.py attack "$DSOCK" 65536 $((DURATION + 4)) 2 > "$OUT/attacker_at_cap_whole.json" &
 ATT=$!; sleep 2
 bench victim_vs_at_cap_whole --input "$ROW20"
@@ -102,7 +104,8 @@ import json, os, subprocess, sys
 out, duration = sys.argv[1], sys.argv[2]
 r = {f[:-5]: json.load(open(os.path.join(out, f))) for f in os.listdir(out) if f.endswith(".json")}
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(f"edgeinfer hostile-client figures: commit {commit}, {os.cpu_count()} cores, daemon on core 0, {duration} s per latency run")
+budget = os.environ.get("CHUNK_BUDGET_US", "250 (default)")
+print(f"edgeinfer hostile-client figures: commit {commit}, {os.cpu_count()} cores, daemon on core 0, {duration} s per latency run, chunk_budget_us {budget}")
 mib = lambda b: b / (1 << 20)
 if "rss" in r:
     m = r["rss"]
