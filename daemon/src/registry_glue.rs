@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use edgeinfer_engine::{InputTensor, LoadOptions, Model, Outputs};
 use edgeinfer_registry::agent::{
-    system_clock, Agent, AgentEvent, AgentHandle, Clock, Deployer, InstalledRelease, StagedRelease,
+    system_clock, Agent, AgentEvent, AgentHandle, Clock, Deployer, InstalledRelease, RolloutChoice,
+    StagedRelease,
 };
 use edgeinfer_registry::install::{digest_file, InstallStore};
 use edgeinfer_registry::release::bundle::Bundle;
@@ -209,13 +210,16 @@ impl Deployer for DaemonDeployer {
     /// The directive's stable version. Canary candidates (bucketing by device, the in-device
     /// split, the judge) are the rollout work's `DeviceRollout`; until it is wired here, a
     /// canary directive is followed by its stable version and the candidate is logged.
-    fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<String> {
+    fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<RolloutChoice> {
         match edgeinfer_rollout::RolloutDirective::parse_for(model, directive) {
             Ok(d) => {
                 if let Some(c) = &d.candidate {
                     tracing::info!(model, candidate = %c.version, stable = %d.stable, "rollout directive has a candidate; serving stable");
                 }
-                Some(d.stable)
+                Some(RolloutChoice {
+                    version: d.stable,
+                    min_release_counter: d.min_release_counter,
+                })
             }
             Err(e) => {
                 tracing::warn!(model, "rollout directive refused: {e}");

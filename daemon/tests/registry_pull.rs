@@ -195,14 +195,28 @@ fn a_rollout_directive_chooses_the_version() {
     d.poll();
     expect_installed(&d, n, "2");
     // The operator rolls back to 1 with a signed directive.
-    let directive = edgeinfer_rollout::RolloutDirective::stable_only("churn", "1").to_bytes();
+    let mut directive = edgeinfer_rollout::RolloutDirective::stable_only("churn", "1");
     env.repo
-        .add_target("targets", "rollout/churn.json", &directive);
+        .add_target("targets", "rollout/churn.json", &directive.to_bytes());
     env.repo.publish(&["targets", "snapshot", "timestamp"]);
     env.write();
     let n = d.event_count();
     d.poll();
     expect_installed(&d, n, "1");
+    d.assert_serving("1");
+    // A directive whose floor is above the release it names is not followed.
+    directive.stable = "2".into();
+    directive.min_release_counter = 3;
+    env.repo
+        .add_target("targets", "rollout/churn.json", &directive.to_bytes());
+    env.repo.publish(&["targets", "snapshot", "timestamp"]);
+    env.write();
+    let n = d.event_count();
+    d.poll();
+    let why = expect_rejection(&d, n, "a release below the floor", |k| {
+        *k == edgeinfer_registry::agent::RejectKind::BelowReleaseFloor
+    });
+    assert!(why.contains("min_release_counter 3"), "{why}");
     d.assert_serving("1");
 }
 

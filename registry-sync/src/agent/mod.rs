@@ -50,6 +50,17 @@ pub enum RejectKind {
     Validation,
     /// The local install state could not be read.
     LocalState,
+    /// The rollout directive names a release below its own `min_release_counter`.
+    BelowReleaseFloor,
+}
+
+/// What a rollout directive asks of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutChoice {
+    /// The version this device should run.
+    pub version: String,
+    /// Releases with a lower counter are never installed (replayed old releases).
+    pub min_release_counter: u64,
 }
 
 /// What the agent reports (the daemon logs each and publishes it as telemetry).
@@ -103,7 +114,7 @@ pub trait Deployer: Send {
     /// The bytes of a trusted, hash-checked `rollout/<model>.json`; returns the version the
     /// directive says this device should run, if any. The rollout work owns the directive's
     /// type; until it lands, the default follows the newest release.
-    fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<String> {
+    fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<RolloutChoice> {
         let _ = (model, directive);
         None
     }
@@ -363,7 +374,7 @@ impl Agent {
         };
         let active = state.as_ref().and_then(|s| s.active().cloned());
         let choice = match &wanted {
-            Some(v) => offers.iter().find(|o| &o.version == v).cloned(),
+            Some(w) => offers.iter().find(|o| o.version == w.version).cloned(),
             None => offers
                 .iter()
                 .max_by_key(|o| (o.counter, version_key(&o.version)))
@@ -372,6 +383,23 @@ impl Agent {
         let Some(choice) = choice else {
             return Ok(None);
         };
+        if let Some(w) = wanted
+            .as_ref()
+            .filter(|w| choice.counter < w.min_release_counter)
+        {
+            self.reject(
+                deployer,
+                name,
+                &choice.version,
+                &format!("floor {}", w.min_release_counter),
+                RejectKind::BelowReleaseFloor,
+                format!(
+                    "release counter {} is below the directive's min_release_counter {}",
+                    choice.counter, w.min_release_counter
+                ),
+            );
+            return Ok(None);
+        }
         if let Some(a) = &active {
             if a.version == choice.version {
                 return Ok(None);
@@ -390,7 +418,7 @@ impl Agent {
         up: &mut Updater,
         deployer: &mut dyn Deployer,
         name: &str,
-    ) -> Result<Option<String>, Transient> {
+    ) -> Result<Option<RolloutChoice>, Transient> {
         let path = format!("rollout/{name}.json");
         let info = match up.get_targetinfo(&path) {
             Ok(Some(i)) => i,
