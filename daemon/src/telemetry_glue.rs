@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,8 +69,24 @@ enum Msg {
     Connected,
 }
 
-/// Where every thread sends; set once when telemetry starts.
-static SINK: OnceLock<Sender<Msg>> = OnceLock::new();
+/// Where every thread sends; set once when telemetry starts. Bounded: a control thread that
+/// falls behind costs counted drops ([`DROPPED`]), never unbounded memory or a blocked core.
+static SINK: OnceLock<SyncSender<Msg>> = OnceLock::new();
+const CHANNEL: usize = 16_384;
+/// Messages (prediction records, histograms, events) dropped because the channel was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Sends without waiting; a full channel drops the message and counts it.
+fn offer(tx: &SyncSender<Msg>, m: Msg) -> bool {
+    match tx.try_send(m) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            DROPPED.fetch_add(1, Relaxed);
+            false
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
+}
 /// Bumped by the control thread each interval; a core that sees a new value hands over.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 static ON: AtomicBool = AtomicBool::new(false);
@@ -134,7 +150,7 @@ struct CoreState {
     rec: CoreRecorder,
     epoch: u64,
     gen: u64,
-    tx: Sender<Msg>,
+    tx: SyncSender<Msg>,
     versions: Vec<CoreVersion>,
     next_id: u64,
     end_id: u64,
@@ -195,9 +211,9 @@ fn same_ref(a: &Option<Arc<ReferenceStats>>, b: &Option<Arc<ReferenceStats>>) ->
     }
 }
 
-fn hand_over_drift(tx: &Sender<Msg>, v: &mut CoreVersion) {
+fn hand_over_drift(tx: &SyncSender<Msg>, v: &mut CoreVersion) {
     if let Some(c) = v.counts.as_mut().filter(|c| !c.is_empty()) {
-        let _ = tx.send(Msg::Drift(vec![(v.idx, c.clone())]));
+        offer(tx, Msg::Drift(vec![(v.idx, c.clone())]));
         c.clear();
     }
 }
@@ -228,7 +244,7 @@ fn with_core<R>(f: impl FnOnce(&mut CoreState) -> R) -> Option<R> {
         let e = EPOCH.load(Relaxed);
         if e != st.epoch {
             st.epoch = e;
-            let _ = st.tx.send(Msg::Latency(st.rec.take()));
+            offer(&st.tx, Msg::Latency(st.rec.take()));
             let drift: Vec<(u32, DriftCounts)> = st
                 .versions
                 .iter_mut()
@@ -240,7 +256,7 @@ fn with_core<R>(f: impl FnOnce(&mut CoreState) -> R) -> Option<R> {
                 })
                 .collect();
             if !drift.is_empty() {
-                let _ = st.tx.send(Msg::Drift(drift));
+                offer(&st.tx, Msg::Drift(drift));
             }
         }
         Some(f(st))
@@ -300,12 +316,15 @@ pub fn record_prediction(
             }
         }
         let outputs = (0..rows.min(LOG_ROWS_MAX)).map(|r| out_at(r, 0)).collect();
-        let _ = st.tx.send(Msg::Predicted {
-            ver: idx,
-            first_id,
-            ts_ms: wall_ms(),
-            outputs,
-        });
+        offer(
+            &st.tx,
+            Msg::Predicted {
+                ver: idx,
+                first_id,
+                ts_ms: wall_ms(),
+                outputs,
+            },
+        );
         first_id
     })
     .unwrap_or(0)
@@ -360,8 +379,19 @@ pub fn feedback(req: FeedbackRequest) -> Result<Receiver<FeedbackReply>, (ErrorC
         ));
     }
     let (reply, rx) = mpsc::sync_channel(1);
-    tx.send(Msg::Feedback(req, reply))
-        .map_err(|_| (ErrorCode::ShuttingDown, "telemetry has stopped".to_owned()))?;
+    match tx.try_send(Msg::Feedback(req, reply)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            DROPPED.fetch_add(1, Relaxed);
+            return Err((
+                ErrorCode::Overloaded,
+                "telemetry is behind on this server: send the FEEDBACK again later".into(),
+            ));
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return Err((ErrorCode::ShuttingDown, "telemetry has stopped".into()))
+        }
+    }
     Ok(rx)
 }
 
@@ -375,7 +405,7 @@ const EARLY_MAX: usize = 256;
 pub fn emit(ev: Event) {
     match SINK.get() {
         Some(tx) => {
-            let _ = tx.send(Msg::Event(ev));
+            offer(tx, Msg::Event(ev));
         }
         None => {
             let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
@@ -410,6 +440,7 @@ pub fn monitoring_of_bundle(b: &edgeinfer_registry::release::bundle::Bundle) -> 
 pub fn register_version(model: &str, version: &str, mon: ModelMonitoring) {
     set_reference(model, version, mon.reference.clone());
     if let Some(tx) = SINK.get() {
+        // From a control thread, rare and needed: wait for room rather than drop it.
         let _ = tx.send(Msg::Version(model.into(), version.into(), Box::new(mon)));
     }
 }
@@ -423,6 +454,15 @@ static LAST_LATENCY: Mutex<Vec<LatencyReport>> = Mutex::new(Vec::new());
 /// Appends the latency mirror in Prometheus text format (nothing while telemetry is off).
 pub fn write_metrics(out: &mut String) {
     use std::fmt::Write as _;
+    if SINK.get().is_some() {
+        let name = "edgeinfer_telemetry_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Telemetry messages (prediction records, histograms, events, FEEDBACK) dropped because the control thread was behind."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", DROPPED.load(Relaxed));
+    }
     let reports = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
     if reports.is_empty() {
         return;
@@ -666,7 +706,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         set_reference(&v.name, &v.version, mon.reference.clone());
         hub.add_version(&v.name, &v.version, mon.reference, mon.baseline);
     }
-    let (tx, rx) = mpsc::channel::<Msg>();
+    let (tx, rx) = mpsc::sync_channel::<Msg>(CHANNEL);
     let _ = SINK.set(tx);
     // A fresh `online` after every CONNACK replaces the retained Last Will.
     let publisher = Publisher::spawn(
@@ -675,7 +715,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         clock,
         Box::new(|| {
             if let Some(tx) = SINK.get() {
-                let _ = tx.send(Msg::Connected);
+                offer(tx, Msg::Connected);
             }
         }),
     )?;

@@ -180,4 +180,5 @@ fn malformed_feedback_and_unknown_ids_are_counted_typed_errors() {
     assert_eq!(count("UNKNOWN_REQUEST_ID"), 2.0);
     assert_eq!(count("BAD_INPUT"), 2.0);
     assert_eq!(count("BAD_FRAME"), 1.0);
+    assert_eq!(sample(&m, "edgeinfer_telemetry_dropped_total"), Some(0.0));
 }
