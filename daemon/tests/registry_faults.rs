@@ -98,6 +98,19 @@ fn a_corrupt_install_state_falls_back_and_a_changed_file_is_never_loaded() {
 #[test]
 fn a_registry_that_is_down_or_never_answers_does_not_stop_serving() {
     let env = Env::new();
+    // A directory repository that is not there (a medium not mounted yet) is only
+    // unreachable: the daemon starts and serves.
+    let cfg = env.config(env.dir.path().join("not-mounted").to_str().unwrap());
+    let d = Daemon::start(&cfg, clock());
+    assert!(
+        d.events_since(0)
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Unreachable { .. })),
+        "{:?}",
+        d.events_since(0)
+    );
+    d.assert_serving("demo");
+    drop(d);
     // Down: nothing listens. The daemon serves the configured model and says so.
     let cfg = env.config(&closed_port_url());
     let d = Daemon::start(&cfg, clock());

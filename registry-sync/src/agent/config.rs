@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct RegistryConfig {
     pub enabled: bool,
     /// The TUF repository: `http://HOST[:PORT]/PREFIX` (a static server, MLflow's artifact
-    /// store) or a directory (optionally `file://…`) holding `metadata/` and `targets/`.
+    /// store) or a directory (optionally `file://…`) holding `metadata/` and `targets/`. A
+    /// directory need not exist at start (a medium mounted later): it is only unreachable.
     pub url: Option<String>,
     /// The pinned root metadata (`1.root.json` of the repository): the trust anchor used
     /// when the local trusted metadata is missing or corrupt.
@@ -101,15 +102,6 @@ impl RegistryConfig {
                 "registry.url",
                 format!("{u:?}: expected http://HOST[:PORT]/PREFIX or a directory"),
             ),
-            Some(u) if !u.contains("://") || u.starts_with("file://") => {
-                let dir = Path::new(u.strip_prefix("file://").unwrap_or(u));
-                if !dir.is_dir() {
-                    bad(
-                        "registry.url",
-                        format!("{} is not a directory", dir.display()),
-                    );
-                }
-            }
             _ => {}
         }
         match &self.root_file {
