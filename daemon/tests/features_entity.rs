@@ -377,6 +377,8 @@ fn predict_by_entity_matches_predict_by_tensor_and_flags_what_it_defaulted() {
     assert!(metric(&d, "edgeinfer_features_stale_total") >= 2.0);
     assert!(metric(&d, "edgeinfer_features_version_mismatch_total") >= 1.0);
     assert!(metric(&d, "edgeinfer_features_missing_feature_total") >= 19.0);
+    // partial 19 + nobody 20 + old 1 + nobody-with-override 19 + lr2 20 = 79.
+    assert_eq!(metric(&d, "edgeinfer_features_defaulted_total"), 79.0);
     let fill = metric(&d, "edgeinfer_features_fill_ratio");
     assert!(fill > 0.0 && fill < 1.0, "{fill}");
     assert_eq!(metric(&d, "edgeinfer_features_entities"), 5.0);

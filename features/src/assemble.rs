@@ -175,6 +175,10 @@ impl Assembler {
             rep.stale.retain(|&x| x != f);
         }
         m.lookups.fetch_add(keys.len() as u64, Relaxed);
+        let defaulted: usize = reports.iter().map(|r| r.defaulted.len()).sum();
+        if defaulted > 0 {
+            m.defaulted.fetch_add(defaulted as u64, Relaxed);
+        }
         if missing_entity + missing_feature + stale_n + mismatch > 0 {
             m.missing_entity.fetch_add(missing_entity, Relaxed);
             m.missing_feature.fetch_add(missing_feature, Relaxed);

@@ -62,6 +62,8 @@ pub struct StoreMetrics {
     pub missing_entity: AtomicU64,
     pub missing_feature: AtomicU64,
     pub stale: AtomicU64,
+    /// Features served as their default, after overrides (what the row reports list).
+    pub defaulted: AtomicU64,
     pub version_mismatch: AtomicU64,
     pub mqtt_messages: AtomicU64,
     pub mqtt_bad_payloads: AtomicU64,

@@ -641,6 +641,11 @@ pub fn render_metrics(out: &mut String) {
             &m.stale,
         ),
         (
+            "edgeinfer_features_defaulted_total",
+            "Features served as their default after overrides (missing entity or feature, stale).",
+            &m.defaulted,
+        ),
+        (
             "edgeinfer_features_version_mismatch_total",
             "Stored rows of another schema version (every feature defaulted).",
             &m.version_mismatch,
