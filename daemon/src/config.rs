@@ -1565,11 +1565,26 @@ mod tests {
     }
 
     #[test]
+    fn the_chunk_budget_reaches_the_server_options() {
+        let c = Config::from_toml_str("[server]\nchunk_budget_us = 75\n").unwrap();
+        assert_eq!(
+            c.server_options().chunk_budget,
+            std::time::Duration::from_micros(75)
+        );
+        // 250 µs unless set (docs/config.md).
+        assert_eq!(
+            Config::default().server_options().chunk_budget,
+            std::time::Duration::from_micros(250)
+        );
+    }
+
+    #[test]
     fn validation_finds_every_problem_and_names_each_key() {
         let mut c = Config::default();
         c.server.tcp = Some("0.0.0.0:7700".parse().unwrap());
         c.http.listen = Some("[::]:7701".parse().unwrap());
         c.server.queue_depth = 0;
+        c.server.chunk_budget_us = 0;
         c.log_level = "info,[[[".into();
         c.server.cores = Cores::List(vec![100_000]);
         c.models.push(ModelConfig {
@@ -1593,6 +1608,7 @@ mod tests {
             ("server.tcp", ConfigErrorKind::Insecure),
             ("http.listen", ConfigErrorKind::Insecure),
             ("server.queue_depth", ConfigErrorKind::Invalid),
+            ("server.chunk_budget_us", ConfigErrorKind::Invalid),
             ("log_level", ConfigErrorKind::Invalid),
             ("server.cores", ConfigErrorKind::Invalid),
             ("models[0].name", ConfigErrorKind::Invalid),
