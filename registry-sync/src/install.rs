@@ -5,8 +5,10 @@
 //! - `staging/<name>/<version>/`: downloads in progress and versions being validated;
 //!   nothing outside the agent reads these until they are hash-checked;
 //! - `models/<name>/<version>/{model.onnx,bundle.json}`: committed versions;
-//! - `models/<name>/state.json` (and `.state.json.prev`): the active version and the
-//!   verified versions kept, newest first, each with the length and sha256 of its files.
+//! - `models/<name>/state.json` (and `.state.json.prev`): the active version, the versions
+//!   active beside it (a rollout candidate), and the verified versions kept, newest first,
+//!   each with the length and sha256 of its files. A state written before `also_active`
+//!   existed loads as one with none.
 //!
 //! Commit order: fsync every staged file, fsync the staging directory, rename it into
 //! `models/<name>/<version>/`, fsync `models/<name>/`, then persist the new state (temporary
@@ -94,9 +96,13 @@ pub struct InstalledVersion {
 #[serde(deny_unknown_fields)]
 pub struct InstallState {
     pub model: String,
-    /// The version the daemon serves; always `verified[0]` when set.
+    /// The version the daemon serves by default (a rollout's stable version).
     pub active: Option<String>,
-    /// Newest first, at most `keep` of them.
+    /// Versions served beside `active` (a rollout's candidate), each among `verified`.
+    /// Absent in older files (and not written when empty, so they still read them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_active: Vec<String>,
+    /// Newest first: every active version, then the newest others up to `keep` in all.
     pub verified: Vec<InstalledVersion>,
 }
 
@@ -104,6 +110,34 @@ impl InstallState {
     pub fn active(&self) -> Option<&InstalledVersion> {
         let a = self.active.as_deref()?;
         self.verified.iter().find(|v| v.version == a)
+    }
+
+    /// Every active version: `active` first, then `also_active`.
+    pub fn active_set(&self) -> Vec<&str> {
+        self.active
+            .iter()
+            .chain(&self.also_active)
+            .map(String::as_str)
+            .collect()
+    }
+
+    pub fn is_verified(&self, version: &str) -> bool {
+        self.verified.iter().any(|v| v.version == version)
+    }
+
+    /// Keeps every active version and the newest others, `keep` versions in all (more when
+    /// more are active: an active version is never dropped).
+    fn trim(&mut self, keep: usize) {
+        let active: Vec<String> = self.active_set().into_iter().map(str::to_owned).collect();
+        let mut others = keep.saturating_sub(active.len());
+        self.verified.retain(|v| {
+            if active.contains(&v.version) {
+                return true;
+            }
+            let k = others > 0;
+            others = others.saturating_sub(1);
+            k
+        });
     }
 }
 
@@ -276,13 +310,37 @@ impl InstallStore {
     }
 
     /// Commits the validated files in `staged` (a [`InstallStore::staging_dir`]) as
-    /// `name`@`version` and makes it active. See the module docs for the order of steps.
+    /// `name`@`version` and makes it the active version (the only one: `also_active` is
+    /// cleared). See the module docs for the order of steps.
     pub fn commit(
         &self,
         name: &str,
         version: &str,
         release_counter: u64,
         staged: &Path,
+    ) -> Result<InstalledVersion> {
+        self.commit_as(name, version, release_counter, staged, false)
+    }
+
+    /// [`InstallStore::commit`], but `version` becomes active beside the active version (a
+    /// rollout candidate): added to `also_active`, `active` unchanged.
+    pub fn commit_beside(
+        &self,
+        name: &str,
+        version: &str,
+        release_counter: u64,
+        staged: &Path,
+    ) -> Result<InstalledVersion> {
+        self.commit_as(name, version, release_counter, staged, true)
+    }
+
+    fn commit_as(
+        &self,
+        name: &str,
+        version: &str,
+        release_counter: u64,
+        staged: &Path,
+        beside: bool,
     ) -> Result<InstalledVersion> {
         check_names(name, version)?;
         let mut files = BTreeMap::new();
@@ -333,11 +391,46 @@ impl InstallStore {
         };
         state.verified.retain(|v| v.version != version);
         state.verified.insert(0, iv.clone());
-        state.verified.truncate(self.keep);
-        state.active = Some(version.to_owned());
+        // Beside nothing is simply active (a state needs its default first).
+        if beside && state.active.is_some() && state.active.as_deref() != Some(version) {
+            if !state.also_active.iter().any(|v| v == version) {
+                state.also_active.push(version.to_owned());
+            }
+        } else {
+            state.active = Some(version.to_owned());
+            state.also_active.clear();
+        }
+        state.trim(self.keep);
         self.persist_state(name, &state)?;
         self.prune(name, &state);
         Ok(iv)
+    }
+
+    /// Makes the already verified `active` the active version and `also` the versions
+    /// active beside it (a rollout's decision), persisted like a commit; `Ok(false)` when
+    /// the state already says so. A version that is not verified is a
+    /// [`InstallErrorKind::Mismatch`] and nothing changes.
+    pub fn set_active(&self, name: &str, active: &str, also: &[String]) -> Result<bool> {
+        check_names(name, active)?;
+        let mut state = self.load_state(name)?;
+        for v in std::iter::once(active).chain(also.iter().map(String::as_str)) {
+            if !state.is_verified(v) {
+                return Err(InstallError {
+                    kind: InstallErrorKind::Mismatch,
+                    message: format!("{name}@{v} is not a verified installed version"),
+                });
+            }
+        }
+        let also: Vec<String> = also.iter().filter(|v| *v != active).cloned().collect();
+        if state.active.as_deref() == Some(active) && state.also_active == also {
+            return Ok(false);
+        }
+        state.active = Some(active.to_owned());
+        state.also_active = also;
+        state.trim(self.keep);
+        self.persist_state(name, &state)?;
+        self.prune(name, &state);
+        Ok(true)
     }
 
     /// Writes `state` atomically, keeping the current file as the previous copy.
@@ -402,6 +495,14 @@ fn read_state(path: &Path, name: &str) -> std::result::Result<InstallState, Stri
     if s.active.is_some() && s.active().is_none() {
         return Err(format!(
             "{}: the active version is not among the verified ones",
+            path.display()
+        ));
+    }
+    if s.also_active.iter().any(|v| !s.is_verified(v))
+        || (!s.also_active.is_empty() && s.active.is_none())
+    {
+        return Err(format!(
+            "{}: a version active beside the active one is not among the verified ones",
             path.display()
         ));
     }
@@ -497,6 +598,65 @@ mod tests {
         assert_eq!(
             store.load_state("churn").unwrap().active.as_deref(),
             Some("3")
+        );
+    }
+
+    #[test]
+    fn a_candidate_is_active_beside_the_active_version_and_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = InstallStore::open(dir.path(), 3).unwrap();
+        for v in ["1", "2", "3"] {
+            let s = stage(&store, v);
+            store.commit("churn", v, 0, &s).unwrap();
+        }
+        // Stable 1 (the oldest) and candidate 4 beside it.
+        assert!(store.set_active("churn", "1", &[]).unwrap());
+        let s = stage(&store, "4");
+        store.commit_beside("churn", "4", 4, &s).unwrap();
+        let st = store.load_state("churn").unwrap();
+        assert_eq!(st.active_set(), ["1", "4"]);
+        let kept: Vec<&str> = st.verified.iter().map(|v| v.version.as_str()).collect();
+        assert_eq!(kept, ["4", "3", "1"], "both active versions kept, keep = 3");
+        assert!(
+            !store.set_active("churn", "1", &["4".into()]).unwrap(),
+            "no change"
+        );
+        // Back to stable alone; a version that is not verified is refused.
+        assert!(store.set_active("churn", "1", &[]).unwrap());
+        assert_eq!(store.load_state("churn").unwrap().active_set(), ["1"]);
+        let e = store.set_active("churn", "1", &["9".into()]).unwrap_err();
+        assert_eq!(e.kind, InstallErrorKind::Mismatch);
+        // A plain commit makes its version the only active one.
+        assert!(store.set_active("churn", "1", &["4".into()]).unwrap());
+        let s = stage(&store, "5");
+        store.commit("churn", "5", 5, &s).unwrap();
+        assert_eq!(store.load_state("churn").unwrap().active_set(), ["5"]);
+    }
+
+    #[test]
+    fn a_state_file_without_also_active_still_loads_and_is_written_the_same_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = InstallStore::open(dir.path(), 2).unwrap();
+        let s = stage(&store, "1");
+        let iv = store.commit("churn", "1", 1, &s).unwrap();
+        // The format before also_active existed.
+        let old = serde_json::json!({"model": "churn", "active": "1", "verified": [iv]});
+        let sdir = dir.path().join("models/churn");
+        fs::write(sdir.join(STATE_FILE), serde_json::to_vec(&old).unwrap()).unwrap();
+        let st = store.load_state("churn").unwrap();
+        assert_eq!(st.active_set(), ["1"]);
+        assert!(st.also_active.is_empty());
+        // Without a candidate the file has no also_active key (older builds read it).
+        let written: serde_json::Value =
+            serde_json::from_slice(&fs::read(sdir.join(STATE_FILE)).unwrap()).unwrap();
+        assert!(written.get("also_active").is_none(), "{written}");
+        // A candidate that is not verified makes the file unreadable, not trusted.
+        let bad = serde_json::json!({"model": "churn", "active": "1", "also_active": ["7"], "verified": [iv]});
+        fs::write(sdir.join(STATE_FILE), serde_json::to_vec(&bad).unwrap()).unwrap();
+        fs::remove_file(sdir.join(STATE_PREV)).ok();
+        assert_eq!(
+            store.load_state("churn").unwrap_err().kind,
+            InstallErrorKind::CorruptState
         );
     }
 
