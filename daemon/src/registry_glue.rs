@@ -6,10 +6,17 @@
 //! validated model to [`Control`] for the hot swap once the install is committed, and
 //! reports every install and refusal (log, telemetry event, and [`Registry::events`]).
 //!
+//! Rollouts: a verified `rollout/<name>.json` goes to [`RolloutGlue::preview`]; the agent
+//! installs every version of its `Decision::install` (stable as the default, a canary
+//! candidate beside it) and then [`RolloutGlue::apply`] serves the split. A thread
+//! (`edgeinfer-rollout`) closes a judging window every `[rollout] window_s` with
+//! [`RolloutGlue::window`], so a failing candidate is rolled back (and recorded) by the
+//! running daemon; [`Registry::rollbacks`] lists them.
+//!
 //! Nothing here runs on a data-path core: loading, golden runs and session warm-up happen
 //! on the agent's thread, and the cores only see the new snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,11 +28,13 @@ use edgeinfer_registry::agent::{
 };
 use edgeinfer_registry::install::{digest_file, InstallStore};
 use edgeinfer_registry::release::bundle::Bundle;
+use edgeinfer_rollout::{BadVersion, Baseline, Decision, Serve};
 use edgeinfer_telemetry::events::Event;
 
 use crate::app::Control;
 use crate::config::Config;
 use crate::model_table::{BatchConfig, ServingConfig};
+use crate::rollout_glue::RolloutGlue;
 
 /// Rows of the larger golden set `engine = "auto"` times (the smaller is 1 row).
 pub const AUTO_BATCH_ROWS: usize = 64;
@@ -36,21 +45,55 @@ struct Validated {
     serving: ServingConfig,
 }
 
-/// What happened, for tests and status: every [`AgentEvent`] in order.
+/// What happened, for tests and status: every [`AgentEvent`] in order, and every
+/// candidate the running daemon rolled back.
 #[derive(Default)]
 struct EventLog {
     events: Mutex<Vec<AgentEvent>>,
     changed: Condvar,
+    rollbacks: Mutex<Vec<BadVersion>>,
+    rolled_back: Condvar,
 }
+
+/// Changes what the engine loaded before it is served: a test seam at the engine boundary
+/// (fault injection into a registry-installed version). `(model, version, model)`.
+pub type ModelHook = Arc<dyn Fn(&str, &str, Model) -> Model + Send + Sync>;
+
+/// Each validated version's baseline for the judge (from its bundle).
+type Baselines = Arc<Mutex<HashMap<(String, String), Baseline>>>;
 
 /// The daemon's [`Deployer`].
 struct DaemonDeployer {
     control: Control,
     load: LoadOptions,
     pending: Option<(String, String, Validated)>,
-    /// The registry version each model serves now (retired when the next one is active).
+    /// The registry version each model serves by default (retired when the next one is).
     serving: BTreeMap<String, String>,
+    /// Registry versions loaded beside the default (rollout candidates).
+    beside: BTreeMap<String, BTreeSet<String>>,
+    /// The rollout state; `None` at startup restore (no directive is followed there).
+    rollout: Option<Arc<Mutex<RolloutGlue>>>,
+    /// The last verified directive bytes of each model, and what was last applied.
+    directives: BTreeMap<String, Vec<u8>>,
+    applied: BTreeMap<String, (Vec<u8>, Decision)>,
+    baselines: Baselines,
+    hook: Option<ModelHook>,
     log: Arc<EventLog>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What the judge compares a version with when the stable arm gives no reference.
+fn baseline_of(bundle: &Bundle) -> Baseline {
+    Baseline {
+        accuracy: bundle.baseline.metrics.get("accuracy").copied(),
+        ..Baseline::default()
+    }
 }
 
 /// The golden samples' rows as two input sets: the first row alone, and
@@ -162,7 +205,54 @@ impl DaemonDeployer {
         // Drift and accuracy of this version are judged against what its bundle carries.
         let monitoring = crate::telemetry_glue::monitoring_of_bundle(&bundle);
         crate::telemetry_glue::register_version(name, version, monitoring);
+        if let Ok(mut b) = self.baselines.lock() {
+            b.insert((name.to_owned(), version.to_owned()), baseline_of(&bundle));
+        }
+        let model = match &self.hook {
+            Some(h) => h(name, version, model),
+            None => model,
+        };
         Ok(Validated { model, serving })
+    }
+
+    /// The version validated last, which must be the one the agent just committed.
+    fn take_pending(
+        &mut self,
+        r: &InstalledRelease,
+    ) -> Result<(String, String, Validated), String> {
+        let Some((name, version, v)) = self.pending.take() else {
+            return Err(format!(
+                "{}@{} was committed without a validated version",
+                r.model, r.version
+            ));
+        };
+        if name != r.model || version != r.version {
+            return Err(format!(
+                "{}@{} was committed but {name}@{version} was validated",
+                r.model, r.version
+            ));
+        }
+        Ok((name, version, v))
+    }
+
+    /// After a rollout decision is served: registry versions outside `keep` are retired,
+    /// `keep[0]` is the default and the rest stay beside it.
+    fn settle(&mut self, name: &str, keep: &[String]) {
+        let Some(default) = keep.first() else { return };
+        let old = self.serving.insert(name.to_owned(), default.clone());
+        let beside = self.beside.entry(name.to_owned()).or_default();
+        let loaded: Vec<String> = old.iter().chain(beside.iter()).cloned().collect();
+        *beside = keep[1..].iter().cloned().collect();
+        for v in loaded.iter().filter(|v| !keep.contains(v)) {
+            let _ = self.control.retire(name, v);
+        }
+        if let Some(old) = old.filter(|o| o != default) {
+            crate::telemetry_glue::emit(Event::ModelSwapped {
+                model: name.to_owned(),
+                from: old,
+                to: default.clone(),
+            });
+        }
     }
 
     /// Swaps `name`@`version` in as the default and retires the registry version it replaces.
@@ -170,6 +260,9 @@ impl DaemonDeployer {
         self.control
             .install_model(name, version, v.model, v.serving)?;
         self.control.activate(name, version)?;
+        if let Some(b) = self.beside.get_mut(name) {
+            b.remove(version);
+        }
         let old = self.serving.insert(name.to_owned(), version.to_owned());
         if let Some(old) = old.filter(|o| o != version) {
             // Requests admitted on it finish there; new ones already go to `version`.
@@ -194,38 +287,99 @@ impl Deployer for DaemonDeployer {
     }
 
     fn activate(&mut self, r: &InstalledRelease) -> Result<(), String> {
-        let Some((name, version, v)) = self.pending.take() else {
-            return Err("activate without a validated version".into());
-        };
-        if name != r.model || version != r.version {
-            return Err(format!(
-                "activate {}@{} but {name}@{version} was validated",
-                r.model, r.version
-            ));
-        }
+        let (name, version, v) = self.take_pending(r)?;
         self.swap_in(&name, &version, v)
             .map_err(|e| format!("{e:#}"))
     }
 
-    /// The directive's stable version. Canary candidates (bucketing by device, the in-device
-    /// split, the judge) are the rollout work's `DeviceRollout`; until it is wired here, a
-    /// canary directive is followed by its stable version and the candidate is logged.
+    /// What the directive decides for this device ([`RolloutGlue::preview`]): stable as the
+    /// default, and the candidate beside it when this device is in the canary and has not
+    /// rolled it back in this trial.
     fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<RolloutChoice> {
-        match edgeinfer_rollout::RolloutDirective::parse_for(model, directive) {
+        let decided = match &self.rollout {
+            Some(glue) => glue
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the rollout state is poisoned"))
+                .and_then(|g| g.preview(model, directive)),
+            None => Err(anyhow::anyhow!("no rollout state")),
+        };
+        match decided {
             Ok(d) => {
-                if let Some(c) = &d.candidate {
-                    tracing::info!(model, candidate = %c.version, stable = %d.stable, "rollout directive has a candidate; serving stable");
-                }
+                tracing::debug!(model, install = ?d.install, "rollout: {}", d.reason);
+                self.directives.insert(model.to_owned(), directive.to_vec());
+                let (version, also) = d.install.split_first()?;
                 Some(RolloutChoice {
-                    version: d.stable,
+                    version: version.clone(),
+                    also: also.to_vec(),
                     min_release_counter: d.min_release_counter,
                 })
             }
             Err(e) => {
-                tracing::warn!(model, "rollout directive refused: {e}");
+                tracing::warn!(model, "rollout directive refused: {e:#}");
+                self.directives.remove(model);
                 None
             }
         }
+    }
+
+    fn loaded(&self, model: &str, version: &str) -> bool {
+        self.control
+            .table()
+            .snapshot()
+            .models
+            .get(model)
+            .is_some_and(|s| s.index_of(version).is_some())
+    }
+
+    fn install_beside(&mut self, r: &InstalledRelease) -> Result<(), String> {
+        let (name, version, v) = self.take_pending(r)?;
+        // Pinnable at once; routed to only when the directive's split is served.
+        self.control
+            .install_model(&name, &version, v.model, v.serving)
+            .map_err(|e| format!("{e:#}"))?;
+        self.beside.entry(name).or_default().insert(version);
+        Ok(())
+    }
+
+    /// Serves the directive's decision once every version it installs is loaded; with its
+    /// candidate missing (refused, not offered), stable alone.
+    fn rollout_ready(&mut self, model: &str, ready: &[String]) -> Result<(), String> {
+        let (Some(bytes), Some(glue)) = (self.directives.get(model).cloned(), self.rollout.clone())
+        else {
+            return Ok(());
+        };
+        let mut g = glue
+            .lock()
+            .map_err(|_| "the rollout state is poisoned".to_owned())?;
+        let decision = g.preview(model, &bytes).map_err(|e| format!("{e:#}"))?;
+        let keep = if decision.install.iter().all(|v| ready.contains(v)) {
+            // The same directive and decision again (every poll): the window runs on.
+            if self.applied.get(model) != Some(&(bytes.clone(), decision.clone())) {
+                let d = g
+                    .apply(model, &bytes, unix_now())
+                    .map_err(|e| format!("{e:#}"))?;
+                tracing::info!(model, serve = ?d.serve, "rollout: {}", d.reason);
+                self.applied.insert(model.to_owned(), (bytes, d));
+            }
+            decision.install
+        } else if ready.first() == decision.install.first() {
+            let stable = decision.install[0].clone();
+            self.control
+                .serve_rollout(
+                    model,
+                    &Serve::Stable {
+                        version: stable.clone(),
+                    },
+                )
+                .map_err(|e| format!("{e:#}"))?;
+            self.applied.remove(model);
+            vec![stable]
+        } else {
+            return Ok(());
+        };
+        drop(g);
+        self.settle(model, &keep);
+        Ok(())
     }
 
     fn event(&mut self, ev: &AgentEvent) {
@@ -261,6 +415,12 @@ fn deployer(cfg: &Config, control: Control) -> DaemonDeployer {
         load: cfg.load_options(None),
         pending: None,
         serving: BTreeMap::new(),
+        beside: BTreeMap::new(),
+        rollout: None,
+        directives: BTreeMap::new(),
+        applied: BTreeMap::new(),
+        baselines: Baselines::default(),
+        hook: None,
         log: Arc::new(EventLog::default()),
     }
 }
@@ -316,10 +476,33 @@ pub fn restore(cfg: &Config, control: &Control) -> anyhow::Result<Vec<String>> {
 /// The running agent.
 pub struct Registry {
     handle: AgentHandle,
+    _windows: WindowTicker,
     log: Arc<EventLog>,
 }
 
 impl Registry {
+    /// Every candidate rolled back by this daemon so far, oldest first.
+    pub fn rollbacks(&self) -> Vec<BadVersion> {
+        self.log
+            .rollbacks
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for more than `skip` rollbacks; returns the one after `skip`.
+    pub fn wait_rollback(&self, skip: usize, timeout: Duration) -> Option<BadVersion> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.log.rollbacks.lock().ok()?;
+        loop {
+            if let Some(b) = g.get(skip) {
+                return Some(b.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            g = self.log.rolled_back.wait_timeout(g, left).ok()?.0;
+        }
+    }
+
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<AgentEvent> {
         self.log
@@ -379,11 +562,34 @@ pub fn start_with_clock(
     control: Control,
     clock: Clock,
 ) -> anyhow::Result<Option<Registry>> {
+    start_with(cfg, control, clock, None)
+}
+
+/// [`start_with_clock`], with every version the registry installs passed through `hook`
+/// after its golden samples matched (tests inject engine faults with it).
+pub fn start_with(
+    cfg: &Config,
+    control: Control,
+    clock: Clock,
+    hook: Option<ModelHook>,
+) -> anyhow::Result<Option<Registry>> {
     let r = &cfg.registry;
     if !r.enabled {
         return Ok(None);
     }
     let mut d = deployer(cfg, control.clone());
+    d.hook = hook;
+    let (glue, record_err) = RolloutGlue::open(
+        &cfg.telemetry.device(),
+        &cfg.rollout,
+        &cfg.state_dir,
+        control.clone(),
+    );
+    if let Some(e) = record_err {
+        tracing::warn!("rollout: {e}; the next candidate is treated as bad");
+    }
+    let glue = Arc::new(Mutex::new(glue));
+    d.rollout = Some(glue.clone());
     // What restore made the default is what the agent moves on from.
     let store = InstallStore::open(&r.state_dir(&cfg.state_dir), r.keep_versions)
         .map_err(anyhow::Error::msg)?;
@@ -401,13 +607,92 @@ pub fn start_with_clock(
         }
     }
     let log = d.log.clone();
+    let windows = WindowTicker::spawn(
+        glue,
+        r.models.clone(),
+        Duration::from_secs(cfg.rollout.window_s),
+        d.baselines.clone(),
+        log.clone(),
+    )
+    .context("spawning the rollout window thread")?;
     let agent = Agent::new(r.clone(), &r.state_dir(&cfg.state_dir), clock)
         .map_err(anyhow::Error::msg)
         .context("starting the registry agent")?;
     let handle = agent
         .spawn(Box::new(d))
         .context("spawning the registry thread")?;
-    Ok(Some(Registry { handle, log }))
+    Ok(Some(Registry {
+        handle,
+        _windows: windows,
+        log,
+    }))
+}
+
+/// The thread that closes each followed model's judging window every `[rollout] window_s`
+/// (off the data path: it reads the versions' counters from the table); stopped on drop.
+struct WindowTicker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WindowTicker {
+    fn spawn(
+        glue: Arc<Mutex<RolloutGlue>>,
+        models: Vec<String>,
+        window: Duration,
+        baselines: Baselines,
+        log: Arc<EventLog>,
+    ) -> std::io::Result<WindowTicker> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("edgeinfer-rollout".into())
+            .spawn(move || loop {
+                let Ok(g) = s.0.lock() else { return };
+                match s.1.wait_timeout_while(g, window, |stopped| !*stopped) {
+                    Ok((g, _)) if !*g => {}
+                    _ => return,
+                }
+                for model in &models {
+                    let Ok(mut rollout) = glue.lock() else { return };
+                    let baseline = rollout
+                        .candidate(model)
+                        .and_then(|c| {
+                            let b = baselines.lock().ok()?;
+                            b.get(&(model.clone(), c)).copied()
+                        })
+                        .unwrap_or_default();
+                    let (verdict, rollback) = rollout.window(model, &baseline, unix_now());
+                    drop(rollout);
+                    tracing::debug!(model = %model, ?verdict, "rollout window");
+                    if let Some(rb) = rollback {
+                        if let Some(e) = &rb.record_error {
+                            tracing::error!(model = %model, "the rollback is not recorded on disk: {e}");
+                        }
+                        if let Ok(mut r) = log.rollbacks.lock() {
+                            r.push(rb.bad);
+                        }
+                        log.rolled_back.notify_all();
+                    }
+                }
+            })?;
+        Ok(WindowTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WindowTicker {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.stop.0.lock() {
+            *g = true;
+        }
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[cfg(test)]

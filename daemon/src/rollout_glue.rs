@@ -102,6 +102,12 @@ impl RolloutGlue {
         self.device.record()
     }
 
+    /// The candidate `model` serves now under the last applied directive, if any.
+    pub fn candidate(&self, model: &str) -> Option<String> {
+        let d = self.device.decision(model)?;
+        d.serve.candidate().map(str::to_owned)
+    }
+
     /// What the verified bytes of `rollout/<model>.json` decide for this device, without
     /// serving it or touching the record: for the registry agent, which installs every
     /// version in `Decision::install` before calling [`RolloutGlue::apply`].

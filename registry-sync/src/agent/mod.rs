@@ -2,8 +2,8 @@
 //!
 //! One poll: refresh the TUF metadata with our [`crate::tuf::Updater`] (every trust
 //! decision is made there), find the newest `models/<name>/<version>/{model.onnx,bundle.json}`
-//! of each followed model (or the one `rollout/<name>.json` names, through the
-//! [`Deployer::rollout`] seam), download both into the staging directory (streamed,
+//! of each followed model (or the versions `rollout/<name>.json` decides for this device,
+//! through the [`Deployer::rollout`] seam: stable, and a canary candidate beside it), download both into the staging directory (streamed,
 //! capped, hash-checked, resumable), let the daemon validate them ([`Deployer::validate`]:
 //! load in the engine, run the golden samples), commit them power-safely
 //! ([`crate::install`]), then hand them over ([`Deployer::activate`]: the hot swap).
@@ -57,8 +57,11 @@ pub enum RejectKind {
 /// What a rollout directive asks of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutChoice {
-    /// The version this device should run.
+    /// The version this device should run by default (the directive's stable version).
     pub version: String,
+    /// Versions to install and keep active beside it (a canary candidate this device
+    /// takes); served as [`Deployer::rollout_ready`] decides.
+    pub also: Vec<String>,
     /// Releases with a lower counter are never installed (replayed old releases).
     pub min_release_counter: u64,
 }
@@ -117,6 +120,24 @@ pub trait Deployer: Send {
     fn rollout(&mut self, model: &str, directive: &[u8]) -> Option<RolloutChoice> {
         let _ = (model, directive);
         None
+    }
+    /// Whether `model`@`version`, verified in the install state, is loaded and servable
+    /// now; a version that is not is installed again. The default trusts the state.
+    fn loaded(&self, model: &str, version: &str) -> bool {
+        let _ = (model, version);
+        true
+    }
+    /// A version of [`RolloutChoice::also`] is committed beside the active one: load it
+    /// without making it the default. The default treats it like [`Deployer::activate`].
+    fn install_beside(&mut self, release: &InstalledRelease) -> Result<(), String> {
+        self.activate(release)
+    }
+    /// After a poll that followed a rollout directive: `ready` holds the versions of the
+    /// [`RolloutChoice`] that are installed and loaded (stable first when it is); serve as
+    /// the directive decides. An error is reported; what was served stays.
+    fn rollout_ready(&mut self, model: &str, ready: &[String]) -> Result<(), String> {
+        let _ = (model, ready);
+        Ok(())
     }
     fn event(&mut self, event: &AgentEvent);
 }
@@ -312,6 +333,17 @@ impl Agent {
         }
     }
 
+    /// The install state of `name` could not be read or written (reported once).
+    fn reject_state(
+        &mut self,
+        deployer: &mut dyn Deployer,
+        name: &str,
+        e: &crate::install::InstallError,
+    ) {
+        let reason = e.to_string();
+        self.reject(deployer, name, "", "state", RejectKind::LocalState, reason);
+    }
+
     /// The versions of `name` the top-level targets offer, and refusals of names that look
     /// like ours but cannot be a version directory.
     fn offers(&mut self, up: &Updater, deployer: &mut dyn Deployer, name: &str) -> Vec<Offer> {
@@ -361,56 +393,85 @@ impl Agent {
         let state = match self.store.load_state(name) {
             Ok(s) => Some(s),
             Err(e) => {
-                self.reject(
-                    deployer,
-                    name,
-                    "",
-                    "state",
-                    RejectKind::LocalState,
-                    e.to_string(),
-                );
+                self.reject_state(deployer, name, &e);
                 None
             }
         };
-        let active = state.as_ref().and_then(|s| s.active().cloned());
-        let choice = match &wanted {
-            Some(w) => offers.iter().find(|o| o.version == w.version).cloned(),
-            None => offers
-                .iter()
-                .max_by_key(|o| (o.counter, version_key(&o.version)))
-                .cloned(),
-        };
-        let Some(choice) = choice else {
-            return Ok(None);
-        };
-        if let Some(w) = wanted
-            .as_ref()
-            .filter(|w| choice.counter < w.min_release_counter)
-        {
-            self.reject(
-                deployer,
-                name,
-                &choice.version,
-                &format!("floor {}", w.min_release_counter),
-                RejectKind::BelowReleaseFloor,
-                format!(
-                    "release counter {} is below the directive's min_release_counter {}",
-                    choice.counter, w.min_release_counter
-                ),
-            );
-            return Ok(None);
+        if let Some(w) = wanted {
+            return self.follow_rollout(up, deployer, name, &offers, &w, state.as_ref());
         }
+        let active = state.as_ref().and_then(|s| s.active().cloned());
+        let Some(choice) = offers
+            .iter()
+            .max_by_key(|o| (o.counter, version_key(&o.version)))
+            .cloned()
+        else {
+            return Ok(None);
+        };
         if let Some(a) = &active {
-            if a.version == choice.version {
-                return Ok(None);
-            }
             // Without a directive the agent only moves forward; a signed directive may
             // point back (a rollback the operator chose).
-            if wanted.is_none() && choice.counter < a.release_counter {
+            if a.version == choice.version || choice.counter < a.release_counter {
                 return Ok(None);
             }
         }
-        self.install(up, deployer, name, &choice)
+        self.install(up, deployer, name, &choice, false)
+    }
+
+    /// Brings every version of a rollout directive's choice in (stable first, then the
+    /// candidates beside it), persists them as the active set, and lets the deployer serve
+    /// them. A version already verified and loaded is not downloaded again.
+    fn follow_rollout(
+        &mut self,
+        up: &mut Updater,
+        deployer: &mut dyn Deployer,
+        name: &str,
+        offers: &[Offer],
+        w: &RolloutChoice,
+        state: Option<&crate::install::InstallState>,
+    ) -> Result<Option<String>, Transient> {
+        let mut installed = None;
+        let mut ready = Vec::new();
+        for (i, v) in std::iter::once(&w.version).chain(&w.also).enumerate() {
+            let beside = i > 0;
+            if beside && !ready.contains(&w.version) {
+                break; // a candidate is only served beside its stable version
+            }
+            let Some(offer) = offers.iter().find(|o| &o.version == v).cloned() else {
+                continue;
+            };
+            if offer.counter < w.min_release_counter {
+                self.reject(
+                    deployer,
+                    name,
+                    v,
+                    &format!("floor {}", w.min_release_counter),
+                    RejectKind::BelowReleaseFloor,
+                    format!(
+                        "release counter {} is below the directive's min_release_counter {}",
+                        offer.counter, w.min_release_counter
+                    ),
+                );
+                continue;
+            }
+            if state.is_some_and(|s| s.is_verified(v)) && deployer.loaded(name, v) {
+                ready.push(v.clone());
+                continue;
+            }
+            if let Some(done) = self.install(up, deployer, name, &offer, beside)? {
+                installed.get_or_insert(done);
+                ready.push(v.clone());
+            }
+        }
+        if ready.first() == Some(&w.version) {
+            if let Err(e) = self.store.set_active(name, &w.version, &ready[1..]) {
+                self.reject_state(deployer, name, &e);
+            }
+        }
+        if let Err(reason) = deployer.rollout_ready(name, &ready) {
+            report(deployer, name, "", RejectKind::Validation, reason);
+        }
+        Ok(installed)
     }
 
     fn rollout_choice(
@@ -478,6 +539,7 @@ impl Agent {
         deployer: &mut dyn Deployer,
         name: &str,
         offer: &Offer,
+        beside: bool,
     ) -> Result<Option<String>, Transient> {
         let v = offer.version.as_str();
         let model_path = format!("models/{name}/{v}/{MODEL_FILE}");
@@ -552,10 +614,12 @@ impl Agent {
             return Ok(None);
         }
         let validated = Instant::now();
-        let committed = self
-            .store
-            .commit(name, v, offer.counter, &staging)
-            .map_err(|e| Transient(TufError::new(ErrorKind::Io, e.message)))?;
+        let committed = if beside {
+            self.store.commit_beside(name, v, offer.counter, &staging)
+        } else {
+            self.store.commit(name, v, offer.counter, &staging)
+        }
+        .map_err(|e| Transient(TufError::new(ErrorKind::Io, e.message)))?;
         let release = InstalledRelease {
             model: name.to_owned(),
             version: v.to_owned(),
@@ -563,7 +627,12 @@ impl Agent {
             dir: self.store.version_dir(name, v),
         };
         let commit_done = Instant::now();
-        if let Err(reason) = deployer.activate(&release) {
+        let swapped = if beside {
+            deployer.install_beside(&release)
+        } else {
+            deployer.activate(&release)
+        };
+        if let Err(reason) = swapped {
             // Committed but not swapped in: it will be started on after a restart; say so.
             self.reject(deployer, name, v, &key, RejectKind::Validation, reason);
             return Ok(None);
