@@ -25,7 +25,16 @@ fn next(s: &mut u64) -> u64 {
 fn mutate(base: &[u8], s: &mut u64) -> Vec<u8> {
     let mut v = base.to_vec();
     let tokens: [&[u8]; 10] = [
-        b"NaN", b"1e999", b"-1", b"\"", b"{", b"]", b"null", b"4.5", b"\"bogus\"", b"99999999999",
+        b"NaN",
+        b"1e999",
+        b"-1",
+        b"\"",
+        b"{",
+        b"]",
+        b"null",
+        b"4.5",
+        b"\"bogus\"",
+        b"99999999999",
     ];
     for _ in 0..(1 + next(s) % 3) {
         if v.is_empty() {
@@ -86,12 +95,19 @@ fn mutated_payloads_are_refused_whole_or_applied_exactly() {
                     e.kind(),
                     String::from_utf8_lossy(&p)
                 );
-                assert_eq!(common::entities(&store), before, "a refused update wrote rows");
+                assert_eq!(
+                    common::entities(&store),
+                    before,
+                    "a refused update wrote rows"
+                );
             }
         }
     }
     // The mutations reach both sides; most break the JSON or the schema.
-    assert!(accepted > 0 && refused > accepted, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 0 && refused > accepted,
+        "{accepted} accepted, {refused} refused"
+    );
     let bad = store
         .metrics()
         .mqtt_bad_payloads
