@@ -2,7 +2,10 @@
 //! (`mlflow.onnx.log_model`, `register_model`, `set_registered_model_alias`), released
 //! with `edgeinfer release create --from-mlflow`, signed by two target key holders,
 //! published into MLflow's artifact store, and verified by our TUF client — which must
-//! also refuse a file tampered with through the store's open PUT endpoint.
+//! also refuse a file tampered with through the store's open PUT endpoint. Then the real
+//! daemon binary (`target/debug/edgeinferd`, built by `cargo test --workspace`), with
+//! `[registry] url` on the artifact store, pulls the release from there and serves it over
+//! its Unix socket.
 //!
 //! Needs `EDGEINFER_TEST_MLFLOW` (tools/ci/test.sh sets it from
 //! tools/ci/provision-mlflow.sh): the venv's python, with `mlflow` beside it. Missing,
@@ -210,6 +213,151 @@ fn write_reference_csv(path: &Path) {
     std::fs::write(path, csv).unwrap();
 }
 
+/// The real daemon binary, stopped (SIGTERM, then SIGKILL) on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `target/debug/edgeinferd`, beside this test's own directory (`target/debug/deps/`).
+fn edgeinferd() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("edgeinferd");
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p edgeinferd`)",
+        p.display()
+    );
+    p
+}
+
+/// Starts `edgeinferd` following churn from MLflow's artifact store (`dest`, an
+/// `mlflow+http://` location, read through its plain artifact URLs) with `root` pinned, and
+/// waits until its socket answers churn with version 1 and the golden labels.
+fn serve_from_mlflow(t: &Path, dest: &str, root: &Path) {
+    use edgeinfer_client::{blocking::Client, Endpoint, PredictOptions};
+    let (meta, targets) = edgeinfer_registry::mlflow::repo_urls(dest).unwrap();
+    let base = meta.strip_suffix("metadata/").expect("a metadata URL");
+    assert_eq!(targets, format!("{base}targets/"));
+    let b = t.join("box-daemon");
+    std::fs::create_dir_all(&b).unwrap();
+    let sock = b.join("edgeinferd.sock");
+    let config = format!(
+        r#"state_dir = "{b}/var"
+[server]
+unix_socket = "{sock}"
+tcp = ""
+cores = "0"
+[http]
+listen = ""
+[engine]
+default = "tract"
+[registry]
+enabled = true
+url = "{base}"
+root_file = "{root}"
+models = ["churn"]
+poll_interval_ms = 3600000
+poll_jitter_ms = 0
+"#,
+        b = b.display(),
+        sock = sock.display(),
+        root = root.display(),
+    );
+    let cfg = b.join("edgeinferd.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let log = b.join("edgeinferd.log");
+    let child = Command::new(edgeinferd())
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(b.join("edgeinferd.err")).unwrap())
+        .spawn()
+        .expect("starting edgeinferd");
+    let _daemon = Daemon(child);
+
+    // The committed golden file: the first 4 rows and their labels.
+    let g: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(checkout().join("tests/fixtures/golden/churn_rf.json")).unwrap(),
+    )
+    .unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let x = &g["inputs"][0];
+    let w = x["shape"][1].as_u64().unwrap();
+    let input = edgeinfer_proto::Tensor::from_f64_as(
+        x["name"].as_str().unwrap(),
+        edgeinfer_proto::DType::F32,
+        vec![4, w],
+        &floats(&x["data"])[..4 * w as usize],
+    )
+    .unwrap();
+    let label = g["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .unwrap();
+    let want = edgeinfer_proto::Tensor::from_f64_as(
+        "label",
+        edgeinfer_proto::DType::I64,
+        vec![4],
+        &floats(&label["data"])[..4],
+    )
+    .unwrap();
+
+    // Bounded: pull, verify, golden samples, commit and swap take seconds.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = Client::connect(&Endpoint::Unix(sock.clone()))
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                c.set_timeout(Some(Duration::from_secs(20)))
+                    .map_err(|e| e.to_string())?;
+                c.predict("churn", &[input.view()], &PredictOptions::default())
+                    .map_err(|e| e.to_string())
+            });
+        let last = match answer {
+            Ok(r) if r.version == "1" => {
+                let got = r.output("label").expect("a label output");
+                assert_eq!(got, &want, "labels of the version pulled from MLflow");
+                break;
+            }
+            Ok(r) => format!("answered by version {:?}", r.version),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "edgeinferd did not serve churn 1 from MLflow in 90 s (last: {last}):\n{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(b.join("edgeinferd.err")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // It came through the pull agent (EDGEINFER_LOG unset: the configured info level).
+    let err = std::fs::read_to_string(b.join("edgeinferd.err")).unwrap_or_default();
+    assert!(err.contains("registry: installed and serving"), "{err}");
+}
+
 #[test]
 fn release_from_mlflow_publish_into_its_artifact_store_and_verify() {
     let python = venv_python();
@@ -342,6 +490,9 @@ fn release_from_mlflow_publish_into_its_artifact_store_and_verify() {
     let out = ok(&["verify", "--repo", &dest, "--root", root_s]);
     assert!(out.contains("ok   models/churn/1/model.onnx"), "{out}");
     assert!(out.contains("release 1, 2 golden samples"), "{out}");
+
+    // The daemon on a box pulls the release from the artifact store and serves it.
+    serve_from_mlflow(t, &dest, &root);
 
     // The same with the conformance CLI the daemon's code backs, and the bytes match.
     let meta_url = format!("{url}/api/2.0/mlflow-artifacts/artifacts/edgeinfer/tuf/metadata/");
