@@ -341,6 +341,19 @@ impl Deployer for DaemonDeployer {
         Ok(())
     }
 
+    fn load_installed(&mut self, r: &InstalledRelease, beside: bool) -> Result<(), String> {
+        let bundle = std::fs::read(r.dir.join("bundle.json"))
+            .map_err(|e| format!("{}: {e}", r.dir.display()))?;
+        let v = self.check(&r.model, &r.version, &bundle, &r.dir.join("model.onnx"))?;
+        if beside {
+            self.pending = Some((r.model.clone(), r.version.clone(), v));
+            self.install_beside(r)
+        } else {
+            self.swap_in(&r.model, &r.version, v)
+                .map_err(|e| format!("{e:#}"))
+        }
+    }
+
     /// Serves the directive's decision once every version it installs is loaded; with its
     /// candidate missing (refused, not offered), stable alone.
     fn rollout_ready(&mut self, model: &str, ready: &[String]) -> Result<(), String> {

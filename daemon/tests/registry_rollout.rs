@@ -266,12 +266,20 @@ fn canary_installs_and_splits_rolls_back_a_failing_candidate_and_lowering_return
     assert!(!loaded(&d, "2"));
     assert_eq!(count(&traffic(&d, 200), Some("1")), 200);
 
-    // A new trial (new salt) takes this device again; then the percent is lowered below
-    // its bucket and it returns to stable.
+    // A new trial (new salt) takes this device again, from the install area (the
+    // candidate's files are the same inode: not downloaded and renamed in again); then the
+    // percent is lowered below its bucket and it returns to stable.
+    let file = InstallStore::open(&env.state_dir(), 2)
+        .unwrap()
+        .version_dir("churn", "2")
+        .join("model.onnx");
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+    let before = inode();
     let n = d.event_count();
     publish_directive(&mut env, &directive("churn-2-b", true));
     d.poll();
     expect_installed(&d, n, "2");
+    assert_eq!(inode(), before, "served from the install area");
     assert_eq!(active_set(&env), ["1", "2"]);
     let t = traffic(&d, 400);
     assert!(count(&t, Some("2")) > 100 && count(&t, None) == 0, "{t:?}");

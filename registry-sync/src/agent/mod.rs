@@ -132,6 +132,14 @@ pub trait Deployer: Send {
     fn install_beside(&mut self, release: &InstalledRelease) -> Result<(), String> {
         self.activate(release)
     }
+    /// A version of a [`RolloutChoice`] is verified in the install area (its files hashed
+    /// against the state just now) but not loaded: load it from `release.dir` without a
+    /// download, as the default or (`beside`) next to it. An error makes the agent install
+    /// it afresh. The default always errs (a deployer without it downloads again).
+    fn load_installed(&mut self, release: &InstalledRelease, beside: bool) -> Result<(), String> {
+        let _ = (release, beside);
+        Err("loading from the install area is not supported".into())
+    }
     /// After a poll that followed a rollout directive: `ready` holds the versions of the
     /// [`RolloutChoice`] that are installed and loaded (stable first when it is); serve as
     /// the directive decides. An error is reported; what was served stays.
@@ -454,9 +462,41 @@ impl Agent {
                 );
                 continue;
             }
-            if state.is_some_and(|s| s.is_verified(v)) && deployer.loaded(name, v) {
-                ready.push(v.clone());
-                continue;
+            let on_disk = state.and_then(|s| s.verified.iter().find(|x| &x.version == v));
+            if let Some(iv) = on_disk {
+                if deployer.loaded(name, v) {
+                    ready.push(v.clone());
+                    continue;
+                }
+                // Back into a trial, or a candidate after a restart: no download needed.
+                let r = self
+                    .store
+                    .verify_installed(name, iv)
+                    .map(|dir| InstalledRelease {
+                        model: name.to_owned(),
+                        version: v.clone(),
+                        release_counter: iv.release_counter,
+                        dir,
+                    });
+                match r.map_err(|e| e.to_string()).and_then(|r| {
+                    deployer.load_installed(&r, beside)?;
+                    Ok(r)
+                }) {
+                    Ok(r) => {
+                        tracing::info!(model = name, version = %v, beside, "registry: serving from the install area");
+                        deployer.event(&AgentEvent::Installed {
+                            model: name.to_owned(),
+                            version: v.clone(),
+                            release_counter: r.release_counter,
+                        });
+                        installed.get_or_insert(v.clone());
+                        ready.push(v.clone());
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(model = name, version = %v, "registry: installing again: {e}")
+                    }
+                }
             }
             if let Some(done) = self.install(up, deployer, name, &offer, beside)? {
                 installed.get_or_insert(done);
