@@ -31,6 +31,10 @@ use super::response::{Response, WriteBatch};
 /// none that grows with the tensor).
 const EARLY_CHECK_DATA: u64 = 4 << 20;
 
+/// A reader that ran this many requests inline, each read short and none of them waiting,
+/// yields anyway: a client that keeps its bytes coming must not keep its core to itself.
+const INLINE_STREAK: usize = 16;
+
 /// Why the server ended a connection on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kill {
@@ -246,10 +250,15 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
     let mut discard: u64 = 0;
     // The partial frame at the front of `buf` has had its metadata looked at.
     let mut looked_at = false;
+    // The last read returned less than it asked for (see the yield below).
+    let mut drained = false;
+    // Frames run inline since this reader last let others run.
+    let mut streak = 0usize;
     loop {
         // Every whole frame in the buffer.
         let mut start = 0;
         let mut admitted = false;
+        let mut ran_inline = false;
         loop {
             let avail = buf.len() - start;
             if avail < HEADER_LEN {
@@ -301,7 +310,6 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                 FrameAction::Done => {}
                 FrameAction::Close => return,
                 FrameAction::Admit(parts) => {
-                    admitted = true;
                     let frame = if start == 0 && len == buf.len() && 2 * len > buf.capacity() {
                         // The frame is all the buffer holds and fills most of it (a large
                         // frame read alone, to its end): hand the buffer over without a copy
@@ -312,11 +320,18 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                         // queued 100-byte request pins a few hundred bytes, not a read chunk.
                         FrameBuf::copy_of(&buf[start..start + len])
                     };
-                    core.enqueue(Job {
+                    let job = Job {
                         conn: conn.clone(),
                         frame,
                         p: parts,
-                    });
+                    };
+                    match core.run_inline(job) {
+                        Some(job) => {
+                            admitted = true;
+                            core.enqueue(job);
+                        }
+                        None => ran_inline = true,
+                    }
                     if buf.is_empty() {
                         start = 0;
                         break;
@@ -370,17 +385,51 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
             if conn.partial_since.get().is_some() {
                 conn.partial_since.set(Some(now));
             }
-        } else if admitted || discard > 0 {
+        } else if admitted || discard > 0 || (ran_inline && (!drained || streak >= INLINE_STREAK)) {
             // Let the executor and other connections run before reading more: a client
             // whose bytes are always ready must not monopolise its core.
             super::notify::yield_now().await;
+            streak = 0;
+        } else if ran_inline {
+            // The last read took less than it asked for, so the socket was drained then:
+            // the next read most likely waits (a turn for everyone else). Yielding here as
+            // well would cost this request another task hop and, through the runtime's
+            // turn budget, another poll of the driver.
+            streak += 1;
+            let unwritten = || !conn.out.borrow().is_empty() || conn.write_progress.get().is_some();
+            if core.reads_on_readiness && unwritten() {
+                // On epoll a read is a recv now: made before the answer is out, it fails
+                // (the client cannot have sent its next request), so wait for the writer
+                // to hand the answer to the kernel first. io_uring queues the read instead.
+                // The wait is the server's: the read timeout does not run meanwhile.
+                conn.paused.set(true);
+                while unwritten() && !conn.broken.get() {
+                    conn.reader_wake.wait().await;
+                }
+                conn.paused.set(false);
+                if conn.partial_since.get().is_some() {
+                    conn.partial_since.set(Some(Instant::now()));
+                }
+            }
         }
         if conn.broken.get() {
             return;
         }
         let filled = buf.len();
-        let (res, slice) = rd.read(buf.slice_mut(filled..end)).await;
+        let (res, slice) = {
+            let mut read = std::pin::pin!(rd.read(buf.slice_mut(filled..end)));
+            std::future::poll_fn(|cx| {
+                let r = std::future::Future::poll(read.as_mut(), cx);
+                if r.is_pending() {
+                    // The read waited: other tasks ran meanwhile.
+                    streak = 0;
+                }
+                r
+            })
+            .await
+        };
         buf = slice.into_inner();
+        drained = matches!(res, Ok(n) if n < end - filled);
         now = Instant::now();
         conn.last_activity.set(now);
         match res {
@@ -457,6 +506,8 @@ async fn write_loop<W: AsyncWriteRent>(mut wr: W, conn: Rc<Conn>) {
             break;
         }
         conn.write_progress.set(None);
+        // A reader waiting for its answer to be out (see the read loop) reads on.
+        conn.reader_wake.notify();
         conn.last_activity.set(Instant::now());
         batch.drain(|r| core.recycle(r));
         if failed {

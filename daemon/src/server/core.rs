@@ -364,12 +364,15 @@ pub(crate) struct Core {
     pub stop_accepting: Latch,
     /// Set when this core is done (drained, or the grace period ran out).
     pub finished: Latch,
+    /// The driver reads on readiness (epoll), not by completion (io_uring).
+    pub reads_on_readiness: bool,
 }
 
 impl Core {
     pub fn new(index: usize, shared: Arc<Shared>) -> Core {
         Core {
             index,
+            reads_on_readiness: shared.opts.driver.effective() == super::Driver::Epoll,
             shared,
             cache: RefCell::new(ModelCache::default()),
             queue: RefCell::new(VecDeque::new()),
@@ -990,6 +993,31 @@ impl Core {
             }
         }
         self.exec_wake.notify();
+    }
+
+    /// Runs an admitted job at once on the reader's task when nothing else waits on this
+    /// core and the job is small (one step, not batched): no hop through the executor, so
+    /// a lone request costs one task wake-up, not three, and the runtime does not run out of
+    /// its turn budget and poll the driver once more between reading and answering. Returns
+    /// the job when it must be queued instead ([`Core::enqueue`]).
+    pub fn run_inline(&self, job: Job) -> Option<Job> {
+        let model = &job.p.model;
+        let idle = self.waiting.get() == 0
+            && self.parked.get() == 0
+            && self.queue.borrow().is_empty()
+            && self.ready.borrow().is_empty()
+            && job.conn.lane.borrow().is_empty()
+            && job.conn.resume.borrow().is_none();
+        let batched = model
+            .batch
+            .as_ref()
+            .is_some_and(|b| job.p.rows > 0 && job.p.rows < b.max_batch);
+        if !idle || batched || self.shutting_down.get() || job.p.rows > self.chunk_rows(&job) {
+            return Some(job);
+        }
+        job.conn.job_started();
+        self.run_single(job, Instant::now());
+        None
     }
 
     /// The next work item: batches and connections' lanes take turns, and lanes go
