@@ -257,6 +257,19 @@ fn full_values(n: usize) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// Two f32 tensors (little-endian bytes) equal within a few units in the last place.
+fn assert_close(got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "probabilities: lengths differ");
+    let f = |b: &[u8]| f32::from_le_bytes(b.try_into().unwrap());
+    for (i, (g, w)) in got.chunks(4).zip(want.chunks(4)).enumerate() {
+        let (g, w) = (f(g), f(w));
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+            "probability {i} differs from predict-by-tensor: {g} vs {w}"
+        );
+    }
+}
+
 fn vector(values: &[(usize, f64)]) -> Vec<f32> {
     let mut v: Vec<f32> = (0..WIDTH).map(default_of).collect();
     for &(i, x) in values {
@@ -306,7 +319,10 @@ fn predict_by_entity_matches_predict_by_tensor_and_flags_what_it_defaulted() {
         vector(&[]),
     ];
     let (tp, tl) = c.by_tensor("lr", &expected);
-    assert_eq!(p, tp, "probabilities differ from predict-by-tensor");
+    // Equal to rounding, not to the bit: the core may run a job in row chunks (their size
+    // follows measured timing) or batch it with others, and a matrix product over 4 rows
+    // and over 5 can round the last bit differently. The labels must agree exactly.
+    assert_close(&p, &tp);
     assert_eq!(l, tl);
     assert_eq!(reports.len(), 5);
     for r in &reports[..3] {
@@ -329,13 +345,13 @@ fn predict_by_entity_matches_predict_by_tensor_and_flags_what_it_defaulted() {
     );
     let mut v = vector(&fresh[1]);
     v[1] = default_of(1);
-    assert_eq!(p, c.by_tensor("lr", &[v]).0);
+    assert_close(&p, &c.by_tensor("lr", &[v]).0);
     let (p, _, r) = c.by_entity(&entity_req("lr_value", &["old"]));
     assert_eq!(
         (r[0].stale.clone(), r[0].defaulted.clone()),
         (vec![1], vec![])
     );
-    assert_eq!(p, c.by_tensor("lr", &[vector(&fresh[1])]).0);
+    assert_close(&p, &c.by_tensor("lr", &[vector(&fresh[1])]).0);
 
     // Overrides replace the store's value and clear the flags of that feature.
     let mut req = entity_req("lr", &["e0", "nobody"]);
@@ -355,14 +371,14 @@ fn predict_by_entity_matches_predict_by_tensor_and_flags_what_it_defaulted() {
     let mut v0 = vector(&fresh[0]);
     v0[3] = -4.0;
     let v1 = vector(&[(7, 2.5)]);
-    assert_eq!(p, c.by_tensor("lr", &[v0, v1]).0);
+    assert_close(&p, &c.by_tensor("lr", &[v0, v1]).0);
     assert!(!r[1].defaulted.contains(&7) && r[1].defaulted.len() == WIDTH - 1);
 
     // A row written under schema 1 is never served to a schema-2 model: all defaults.
     let (p, _, r) = c.by_entity(&entity_req("lr2", &["e0"]));
     assert!(r[0].found && r[0].version_mismatch);
     assert_eq!(r[0].defaulted.len(), WIDTH);
-    assert_eq!(p, c.by_tensor("lr", &[vector(&[])]).0);
+    assert_close(&p, &c.by_tensor("lr", &[vector(&[])]).0);
 
     // A client built for another schema version gets a typed error.
     let mut req = entity_req("lr", &["e0"]);
@@ -592,7 +608,7 @@ fn a_full_map_is_a_feature_store_error_and_reads_go_on() {
     // Reads keep working, on this connection and a new one.
     let (p, _, r) = c.by_entity(&entity_req("lr", &["keep"]));
     assert!(r[0].found);
-    assert_eq!(p, c.by_tensor("lr", &[vector(&full_values(1))]).0);
+    assert_close(&p, &c.by_tensor("lr", &[vector(&full_values(1))]).0);
     let mut c2 = Conn::open(&d.sock).unwrap();
     assert!(c2.get(&["keep"]).rows[0].found);
     assert!(metric(&d, "edgeinfer_features_fill_ratio") > 0.5);
