@@ -11,6 +11,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 exe="$repo/target/${PROFILE:-debug}/edgeinfer"
 venv="$repo/.cache/venv-mlflow"
 rounds="${ROUNDS:-5}"
+# mlflow 3.17 usage telemetry races on os.environ (KeyError) and may not phone home here.
+export MLFLOW_DISABLE_TELEMETRY=true
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$repo/.cache/ort/libonnxruntime.so.1.31.1}"
 [[ -x $exe && -x $venv/bin/mlflow ]] || { echo "build edgeinfer and run tools/ci/provision-mlflow.sh first" >&2; exit 1; }
 tmp="$(mktemp -d)"

@@ -111,6 +111,7 @@ fn start_mlflow(python: &Path, dir: &Path) -> Server {
         .arg("--artifacts-destination")
         .arg(dir.join("artifacts"))
         .args(["--workers", "1"])
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -378,6 +379,10 @@ fn release_from_mlflow_publish_into_its_artifact_store_and_verify() {
             "champion",
         ])
         .env("MLFLOW_TRACKING_URI", &url)
+        // mlflow 3.17's usage telemetry sets and unsets `_MLFLOW_TELEMETRY_SESSION_ID` in
+        // os.environ from a thread while requests iterates os.environ: a KeyError, now and
+        // then, out of `set_experiment`. Nothing here may phone home anyway.
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
         .current_dir(t)
         .output()
         .unwrap();
