@@ -2,50 +2,11 @@
 //! --model`, signing, publishing, `verify` (and its refusal of a tampered file), and
 //! `root rotate` with the threshold going up then down, followed by `edgeinfer tuf`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod cli_support;
 
-const EXE: &str = env!("CARGO_BIN_EXE_edgeinfer");
+use std::path::Path;
 
-fn checkout() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn edgeinfer(args: &[&str]) -> Output {
-    let out = Command::new(EXE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ edgeinfer {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = edgeinfer(args);
-    assert!(out.status.success(), "edgeinfer {} failed", args.join(" "));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = edgeinfer(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "edgeinfer {} must fail",
-        args.join(" ")
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use cli_support::{checkout, edgeinfer, fails, ok};
 
 /// The logreg fixture's golden rows as reference data, and a header of 20 names.
 fn reference_csv(path: &Path) {

@@ -11,19 +11,16 @@
 //! tools/ci/provision-mlflow.sh): the venv's python, with `mlflow` beside it. Missing,
 //! the test fails.
 
+mod cli_support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cli_support::{checkout, fails, ok};
 use edgeinfer_registry::release::Bundle;
-
-const EXE: &str = env!("CARGO_BIN_EXE_edgeinfer");
-
-fn checkout() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn venv_python() -> PathBuf {
     let p = std::env::var_os("EDGEINFER_TEST_MLFLOW")
@@ -150,42 +147,6 @@ mv = mlflow.register_model(info.model_uri, name)
 MlflowClient().set_registered_model_alias(name, alias, mv.version)
 print(run.info.run_id, mv.version, info.model_uri)
 "#;
-
-fn edgeinfer(args: &[&str]) -> Output {
-    let out = Command::new(EXE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ edgeinfer {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = edgeinfer(args);
-    assert!(out.status.success(), "edgeinfer {} failed", args.join(" "));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = edgeinfer(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "edgeinfer {} must fail",
-        args.join(" ")
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The churn fixture's 64 golden rows as a reference data CSV.
 fn write_reference_csv(path: &Path) {
