@@ -763,6 +763,42 @@ impl Core {
         }
     }
 
+    /// What every inference request must pass before it is decoded: the server is not
+    /// shutting down and the connection is under its in-flight limit.
+    pub(super) fn may_admit(&self, conn: &Conn) -> Result<(), Refusal> {
+        if self.shutting_down.get() {
+            return Err(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        self.under_in_flight_limit(conn)
+    }
+
+    /// The connection's in-flight limit (`limits.max_in_flight`).
+    pub(super) fn under_in_flight_limit(&self, conn: &Conn) -> Result<(), Refusal> {
+        let max = self.opts().limits.max_in_flight;
+        if conn.in_flight() >= max as usize {
+            let msg = format!("more than {max} requests in flight on this connection");
+            return Err(Refusal::new(ErrorCode::TooManyInFlight, msg));
+        }
+        Ok(())
+    }
+
+    /// A version that is still loading refuses requests with NOT_READY.
+    pub(super) fn ready(v: &ModelVersion) -> Result<(), Refusal> {
+        if v.is_ready() {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::NotReady,
+            format!(
+                "model {:?} version {:?} is still loading",
+                v.name, v.version
+            ),
+        ))
+    }
+
     #[allow(clippy::type_complexity)]
     fn check_predict(
         &self,
@@ -772,19 +808,7 @@ impl Core {
         now: Instant,
     ) -> Result<Box<JobParts>, (Refusal, Option<Arc<ModelVersion>>)> {
         let limits = &self.opts().limits;
-        if self.shutting_down.get() {
-            return Err((
-                Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down"),
-                None,
-            ));
-        }
-        if conn.in_flight() >= limits.max_in_flight as usize {
-            let msg = format!(
-                "more than {} requests in flight on this connection",
-                limits.max_in_flight
-            );
-            return Err((Refusal::new(ErrorCode::TooManyInFlight, msg), None));
-        }
+        self.may_admit(conn).map_err(|r| (r, None))?;
         let view = decode_predict_with(header, body, limits)
             .map_err(|e| (Refusal::new(e.kind(), e.to_string()), None))?;
         let req = &view.request;
@@ -793,15 +817,7 @@ impl Core {
             .map_err(|r| (r, None))?;
         let v = &model.version;
         let fail = |code, msg: String| (Refusal::new(code, msg), Some(v.clone()));
-        if !v.is_ready() {
-            return Err(fail(
-                ErrorCode::NotReady,
-                format!(
-                    "model {:?} version {:?} is still loading",
-                    v.name, v.version
-                ),
-            ));
-        }
+        Self::ready(v).map_err(|r| (r, Some(v.clone())))?;
         let info = &v.model.info;
         // Inputs by name, in the model's order.
         let mut order: SmallVec<[u8; 8]> = SmallVec::new();

@@ -326,18 +326,7 @@ fn check(
     body: &[u8],
     now: Instant,
 ) -> Result<Box<JobParts>, (Refusal, Option<Arc<ModelVersion>>)> {
-    let limits = &core.opts().limits;
-    if core.shutting_down.get() {
-        let r = Refusal::new(ErrorCode::ShuttingDown, "the server is shutting down");
-        return Err((r, None));
-    }
-    if conn.in_flight() >= limits.max_in_flight as usize {
-        let msg = format!(
-            "more than {} requests in flight on this connection",
-            limits.max_in_flight
-        );
-        return Err((Refusal::new(ErrorCode::TooManyInFlight, msg), None));
-    }
+    core.may_admit(conn).map_err(|r| (r, None))?;
     let f = features().map_err(|r| (r, None))?;
     let req = decode_message::<PredictByEntityRequest>(header, body)
         .map_err(|e| (Refusal::new(e.kind(), e.to_string()), None))?;
@@ -347,15 +336,7 @@ fn check(
     let v = &model.version;
     let fail = |r: Refusal| (r, Some(v.clone()));
     let bad = |msg: String| fail(Refusal::new(ErrorCode::BadInput, msg));
-    if !v.is_ready() {
-        return Err(fail(Refusal::new(
-            ErrorCode::NotReady,
-            format!(
-                "model {:?} version {:?} is still loading",
-                v.name, v.version
-            ),
-        )));
-    }
+    Core::ready(v).map_err(fail)?;
     let Some(a) = f.assembler(&v.name, &v.version) else {
         return Err(bad(format!(
             "model {:?} version {:?} has no feature schema ([models.features]): predict it by \
@@ -536,16 +517,7 @@ fn send_put(
     body: &[u8],
 ) -> Result<(monoio::net::UnixStream, Slot), Refusal> {
     let f = features()?;
-    let limits = &conn.core.opts().limits;
-    if conn.in_flight() >= limits.max_in_flight as usize {
-        return Err(Refusal::new(
-            ErrorCode::TooManyInFlight,
-            format!(
-                "more than {} requests in flight on this connection",
-                limits.max_in_flight
-            ),
-        ));
-    }
+    conn.core.under_in_flight_limit(conn)?;
     let req = decode_message::<PutFeaturesRequest>(header, body)
         .map_err(|e| Refusal::new(e.kind(), e.to_string()))?;
     if req.rows.len() > MAX_PAYLOAD_ROWS {
