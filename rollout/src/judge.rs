@@ -74,6 +74,8 @@ pub enum Failure {
     },
     Accuracy {
         candidate: f64,
+        /// What it was judged against: the stable arm's accuracy in the window, else the
+        /// bundle's baseline.
         baseline: f64,
         limit: f64,
         labelled: u64,
@@ -153,16 +155,22 @@ pub fn judge(stats: &WindowStats, baseline: &Baseline, cfg: &RolloutConfig) -> V
         }
     }
 
-    // Accuracy from feedback against the bundle's baseline, else the stable arm's.
+    // Accuracy from feedback against the stable arm's in the same window (same inputs, same
+    // label delay) when it has enough labels, else against the bundle's baseline. A live
+    // accuracy below the offline one on both arms is the traffic's, not the candidate's.
+    // Against the stable arm both sides are samples: their standard errors add.
     let stable_acc = stable
         .filter(|s| s.labelled >= cfg.min_labels)
-        .and_then(|s| s.accuracy());
-    if let (Some(base), Some(acc)) = (
-        baseline.accuracy.or(stable_acc),
+        .and_then(|s| s.accuracy().map(|a| (a, std_err(a, s.labelled))));
+    let reference = stable_acc.or(baseline.accuracy.map(|b| (b, 0.0)));
+    if let (Some((base, base_err)), Some(acc)) = (
+        reference,
         c.accuracy().filter(|_| c.labelled >= cfg.min_labels),
     ) {
-        let limit = base * (1.0 - cfg.max_accuracy_drop);
-        if acc + z * std_err(acc, c.labelled) < limit {
+        let keep = 1.0 - cfg.max_accuracy_drop;
+        let limit = base * keep;
+        let err = std_err(acc, c.labelled).hypot(base_err * keep);
+        if acc + z * err < limit {
             failures.push(Failure::Accuracy {
                 candidate: acc,
                 baseline: base,

@@ -202,3 +202,63 @@ fn one_error_over_a_spotless_stable_arm_is_not_a_rollback() {
         Verdict::Pass
     );
 }
+
+#[test]
+fn accuracy_is_judged_against_the_stable_arm_when_it_has_labels() {
+    // Live accuracy below the offline baseline on both arms (label delay, a new season) is
+    // the traffic's: a candidate as good as stable passes, one well below stable fails.
+    let cfg = RolloutConfig::default();
+    let offline = Baseline {
+        accuracy: Some(0.95),
+        ..Baseline::default()
+    };
+    let live = Behaviour {
+        accuracy: 0.85,
+        ..REFERENCE
+    };
+    for seed in 0..10 {
+        let mut rng = fastrand::Rng::with_seed(100 + seed);
+        for w in 0..20 {
+            let stats = WindowStats {
+                stable: Some(sample(&mut rng, live, 4000)),
+                candidate: sample(&mut rng, live, 2000),
+            };
+            assert_eq!(
+                judge(&stats, &offline, &cfg),
+                Verdict::Pass,
+                "seed {seed}, window {w}"
+            );
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(9);
+    let stats = WindowStats {
+        stable: Some(sample(&mut rng, live, 4000)),
+        candidate: sample(
+            &mut rng,
+            Behaviour {
+                accuracy: 0.72,
+                ..REFERENCE
+            },
+            2000,
+        ),
+    };
+    let f = failures(judge(&stats, &offline, &cfg));
+    match f.as_slice() {
+        [Failure::Accuracy { baseline, .. }] => {
+            assert!(
+                (baseline - 0.85).abs() < 0.05,
+                "judged against stable: {f:?}"
+            )
+        }
+        _ => panic!("{f:?}"),
+    }
+    // Without enough stable labels the bundle's baseline is the reference.
+    let mut few = stats;
+    few.stable.as_mut().unwrap().labelled = cfg.min_labels - 1;
+    few.candidate = sample(&mut rng, live, 2000);
+    let f = failures(judge(&few, &offline, &cfg));
+    assert!(
+        matches!(f.as_slice(), [Failure::Accuracy { baseline, .. }] if *baseline == 0.95),
+        "{f:?}"
+    );
+}
