@@ -29,6 +29,7 @@ use edgeinfer_telemetry::messages::{ModelState, OutboxState, Status, Topics};
 use edgeinfer_telemetry::outbox::{Outbox, OutboxLimits};
 use edgeinfer_telemetry::predlog::{FeedbackKey, LogRow, PredictionLog};
 use edgeinfer_telemetry::publisher::{Publisher, PublisherConfig, PublisherStats};
+use edgeinfer_telemetry::sparkplug::{NodeConfig, NodeTopics, SparkplugFeed, SparkplugNode};
 use edgeinfer_telemetry::{Clock, ErrorKind, ModelMonitoring, SystemClock};
 use smallvec::SmallVec;
 
@@ -710,6 +711,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         set_reference(&v.name, &v.version, mon.reference.clone());
         hub.add_version(&v.name, &v.version, mon.reference, mon.baseline);
     }
+    let sparkplug = start_sparkplug(cfg, &pcfg, limits, clock.clone(), &table)?;
     let (tx, rx) = mpsc::sync_channel::<Msg>(CHANNEL);
     let _ = SINK.set(tx);
     // A fresh `online` after every CONNACK replaces the retained Last Will.
@@ -753,6 +755,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
                 pending: Vec::new(),
                 names: Vec::new(),
                 last_flush: Instant::now(),
+                sparkplug,
             }
             .run(publisher, table, interval, s, rx)
         })
@@ -763,6 +766,49 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         stats,
         outbox,
     }))
+}
+
+/// The Sparkplug B node, when `[telemetry.sparkplug]` is set: its own outbox directory and
+/// MQTT connection (same broker, credentials and TLS as the JSON publisher), every served
+/// model registered as a device.
+fn start_sparkplug(
+    cfg: &Config,
+    pcfg: &PublisherConfig,
+    limits: OutboxLimits,
+    clock: Arc<dyn Clock>,
+    table: &ModelTable,
+) -> anyhow::Result<Option<(SparkplugFeed, SparkplugNode)>> {
+    let Some(sp) = &cfg.telemetry.sparkplug else {
+        return Ok(None);
+    };
+    let dir = sp.outbox_dir(&cfg.state_dir);
+    let outbox = Arc::new(
+        Outbox::open(&dir, limits, clock.clone())
+            .with_context(|| format!("Sparkplug outbox {}", dir.display()))?,
+    );
+    let edge_node = sp.edge_node(&pcfg.topics.device);
+    let ncfg = NodeConfig {
+        broker: pcfg.broker.clone(),
+        client_id: sp
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edgeinfer-spb-{edge_node}")),
+        credentials: pcfg.credentials.clone(),
+        tls_ca_pem: pcfg.tls_ca_pem.clone(),
+        topics: NodeTopics {
+            group: sp.group_id.clone(),
+            edge_node,
+        },
+        keep_alive: pcfg.keep_alive,
+        reconnect_min: pcfg.reconnect_min,
+        reconnect_max: pcfg.reconnect_max,
+    };
+    let node = SparkplugNode::spawn(ncfg, outbox, clock)?;
+    let feed = node.feed();
+    for v in table.snapshot().versions() {
+        feed.add_device(&v.name);
+    }
+    Ok(Some((feed, node)))
 }
 
 fn status(table: &ModelTable, outbox: &Outbox, started: Instant) -> Status {
@@ -807,6 +853,9 @@ struct Control {
     /// Names of the version indices seen (a copy, so a flush takes no lock).
     names: Vec<Option<(String, String)>>,
     last_flush: Instant,
+    /// The Sparkplug B node and its feed when `[telemetry.sparkplug]` is set; dropped with
+    /// the control thread, which publishes its NDEATH.
+    sparkplug: Option<(SparkplugFeed, SparkplugNode)>,
 }
 
 fn report(r: edgeinfer_telemetry::Result<()>) {
@@ -850,7 +899,10 @@ impl Control {
                 // holds is reported with its next interval.
                 EPOCH.fetch_add(1, Relaxed);
                 match self.hub.tick() {
-                    Ok((lat, _)) => {
+                    Ok((lat, drift)) => {
+                        if let Some((feed, _)) = &self.sparkplug {
+                            report(feed.tick(&lat, &drift));
+                        }
                         // Per series, the latest interval that saw requests.
                         let mut last = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
                         for r in lat {
@@ -911,6 +963,9 @@ impl Control {
             Msg::Event(ev) => report(self.hub.emit(ev)),
             Msg::Version(m, v, mon) => {
                 let mon = *mon;
+                if let Some((feed, _)) = &self.sparkplug {
+                    feed.add_device(&m);
+                }
                 self.hub.add_version(&m, &v, mon.reference, mon.baseline);
             }
             Msg::Feedback(req, reply) => {
@@ -984,9 +1039,13 @@ impl Control {
                 ),
             ));
         }
-        self.hub
+        let outcome = self
+            .hub
             .feedback(&rec.model, &rec.version, &rec.arm, rec.output, req.label)
             .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        if let (Some((feed, _)), Some(r)) = (&self.sparkplug, &outcome.report) {
+            report(feed.accuracy(&rec.model, &rec.version, &rec.arm, r));
+        }
         Ok(FeedbackResponse {
             prediction_id: rec.id,
             model: rec.model,

@@ -43,6 +43,49 @@ pub struct TelemetryConfig {
     /// Read GPU health from this JSON file (a `GpuSample`) instead of NVML: a fake NVML for
     /// tests and failover drills. Unset = NVML.
     pub gpu_readings_file: Option<PathBuf>,
+    /// `[telemetry.sparkplug]`: also publish as a Sparkplug B edge node (off when absent).
+    pub sparkplug: Option<SparkplugConfig>,
+}
+
+/// `[telemetry.sparkplug]`: the optional Sparkplug B profile (`docs/telemetry.md`,
+/// "Sparkplug B"). It runs beside the JSON topics on its own MQTT connection, because its
+/// NDEATH must be that connection's Will and the JSON profile's Will is the `offline` status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugConfig {
+    /// The `<group_id>` topic level.
+    pub group_id: String,
+    /// The `<edge_node_id>` topic level; unset = the telemetry device id.
+    #[serde(default)]
+    pub edge_node_id: Option<String>,
+    /// MQTT client id of the Sparkplug connection; unset = `edgeinfer-spb-<edge_node_id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// LMDB directory of the Sparkplug outbox (DDATA and the bdSeq counter);
+    /// unset = `<state_dir>/telemetry/sparkplug`.
+    #[serde(default)]
+    pub outbox_path: Option<PathBuf>,
+}
+
+impl SparkplugConfig {
+    /// The `<edge_node_id>`: the configured one, else the telemetry device id.
+    pub fn edge_node(&self, device: &str) -> String {
+        self.edge_node_id
+            .clone()
+            .unwrap_or_else(|| device.to_owned())
+    }
+
+    pub fn outbox_dir(&self, state_dir: &Path) -> PathBuf {
+        self.outbox_path
+            .clone()
+            .unwrap_or_else(|| state_dir.join("telemetry/sparkplug"))
+    }
+}
+
+/// A Sparkplug id (group, edge node, device) is one topic level: non-empty, no `/`, `+`, `#`
+/// (Sparkplug 3.0, tck-id-topic-structure-namespace-valid-*).
+pub fn valid_sparkplug_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['+', '#', '/'])
 }
 
 impl Default for TelemetryConfig {
@@ -68,6 +111,7 @@ impl Default for TelemetryConfig {
             prediction_log_ttl_s: 3600,
             prediction_log_max_bytes: 256 << 20,
             gpu_readings_file: None,
+            sparkplug: None,
         }
     }
 }
@@ -204,6 +248,27 @@ impl TelemetryConfig {
                 "must be at least 1".into(),
             );
         }
+        if let Some(sp) = &self.sparkplug {
+            if !valid_sparkplug_id(&sp.group_id) {
+                bad(
+                    "telemetry.sparkplug.group_id",
+                    format!("{:?}: must be one topic level (no /, + or #)", sp.group_id),
+                );
+            }
+            if let Some(e) = sp
+                .edge_node_id
+                .as_deref()
+                .filter(|e| !valid_sparkplug_id(e))
+            {
+                bad(
+                    "telemetry.sparkplug.edge_node_id",
+                    format!("{e:?}: must be one topic level (no /, + or #)"),
+                );
+            }
+            if sp.client_id.as_deref().is_some_and(str::is_empty) {
+                bad("telemetry.sparkplug.client_id", "must not be empty".into());
+            }
+        }
         out
     }
 
@@ -278,6 +343,42 @@ mod tests {
         };
         assert_eq!(tls.validate()[0].key, "telemetry.tls_ca_file");
         assert!(TelemetryConfig::default().validate().is_empty());
+    }
+
+    #[test]
+    fn sparkplug_section_is_optional_and_its_ids_are_one_topic_level() {
+        let c: TelemetryConfig = serde_json::from_str(
+            r#"{"enabled": true, "mqtt_url": "mqtt://b:1883",
+                "sparkplug": {"group_id": "plant/1", "edge_node_id": "", "client_id": ""}}"#,
+        )
+        .unwrap();
+        let keys: Vec<&str> = c.validate().iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "telemetry.sparkplug.group_id",
+                "telemetry.sparkplug.edge_node_id",
+                "telemetry.sparkplug.client_id"
+            ]
+        );
+        let ok: TelemetryConfig = serde_json::from_str(
+            r#"{"enabled": true, "mqtt_url": "mqtt://b:1883", "sparkplug": {"group_id": "plant1"}}"#,
+        )
+        .unwrap();
+        assert!(ok.validate().is_empty());
+        let sp = ok.sparkplug.unwrap();
+        assert_eq!(sp.edge_node("box7"), "box7");
+        assert_eq!(
+            sp.outbox_dir(Path::new("/var/lib/e")),
+            Path::new("/var/lib/e/telemetry/sparkplug")
+        );
+        assert!(TelemetryConfig::default().sparkplug.is_none());
+        let e = serde_json::from_str::<TelemetryConfig>(
+            r#"{"sparkplug": {"group_id": "g", "bd_seq": 3}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bd_seq"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod monitoring;
 pub mod outbox;
 pub mod predlog;
 pub mod publisher;
+pub mod sparkplug;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::TelemetryConfig;

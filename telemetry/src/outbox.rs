@@ -318,6 +318,28 @@ impl Outbox {
         Ok(n)
     }
 
+    /// Returns the durable counter `name` (0 the first time) and stores it plus one, in one
+    /// committed transaction: the Sparkplug profile takes its bdSeq from here before each
+    /// CONNECT, so a restart continues the sequence instead of reusing a number.
+    pub fn take_counter(&self, name: &str) -> Result<u64> {
+        let key = format!("counter/{name}");
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(|e| Error::store("outbox txn", e))?;
+        let v = self
+            .meta
+            .get(&wtxn, &key)
+            .map_err(|e| Error::store("outbox meta", e))?
+            .unwrap_or(0);
+        self.meta
+            .put(&mut wtxn, &key, &(v + 1))
+            .map_err(|e| Error::store("outbox meta", e))?;
+        wtxn.commit()
+            .map_err(|e| Error::store("outbox commit", e))?;
+        Ok(v)
+    }
+
     /// Messages held now.
     pub fn len(&self) -> u64 {
         self.stats.len.load(Relaxed)
@@ -437,6 +459,21 @@ mod tests {
             max_age_ms: 60_000,
         };
         Outbox::open(dir, limits, clock).unwrap()
+    }
+
+    #[test]
+    fn counters_start_at_zero_and_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let ob = open(dir.path(), 1 << 20, clock.clone());
+        assert_eq!(ob.take_counter("bd_seq").unwrap(), 0);
+        assert_eq!(ob.take_counter("bd_seq").unwrap(), 1);
+        assert_eq!(ob.take_counter("other").unwrap(), 0);
+        drop(ob);
+        let ob = open(dir.path(), 1 << 20, clock);
+        assert_eq!(ob.take_counter("bd_seq").unwrap(), 2);
+        // Counters are metadata: they are not messages and never replayed.
+        assert!(ob.next_after(None, 10).unwrap().is_empty());
     }
 
     #[test]

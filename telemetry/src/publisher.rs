@@ -45,12 +45,14 @@ pub struct PublisherConfig {
 
 impl PublisherConfig {
     fn mqtt_options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.broker.host, self.broker.port);
-        o.set_keep_alive(self.keep_alive);
-        // Clean start: the outbox, not the broker session, holds what is unacknowledged.
-        o.set_clean_start(true);
+        let mut o = base_options(
+            &self.broker,
+            &self.client_id,
+            self.keep_alive,
+            self.credentials.as_ref(),
+            self.tls_ca_pem.as_deref(),
+        );
         o.set_outgoing_inflight_upper_limit((WINDOW * 2) as u16);
-        o.set_connection_timeout(5);
         o.set_last_will(LastWill::new(
             self.topics.topic("status"),
             self.topics.offline_payload(),
@@ -58,18 +60,37 @@ impl PublisherConfig {
             true,
             None,
         ));
-        if let Some((u, p)) = &self.credentials {
-            o.set_credentials(u, p);
-        }
-        if let Some(ca) = &self.tls_ca_pem {
-            o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
-                ca: ca.clone(),
-                alpn: None,
-                client_auth: None,
-            }));
-        }
         o
     }
+}
+
+/// What both connections (this publisher and the Sparkplug node) set the same way: broker,
+/// client id, keep-alive, credentials, TLS, and a clean start with no session expiry (the
+/// outbox, not the broker session, holds what is unacknowledged; Sparkplug 3.0 requires
+/// Clean Start and a Session Expiry Interval of 0 besides).
+pub(crate) fn base_options(
+    broker: &BrokerAddr,
+    client_id: &str,
+    keep_alive: Duration,
+    credentials: Option<&(String, String)>,
+    tls_ca_pem: Option<&[u8]>,
+) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, &broker.host, broker.port);
+    o.set_keep_alive(keep_alive);
+    o.set_clean_start(true);
+    o.set_session_expiry_interval(None);
+    o.set_connection_timeout(5);
+    if let Some((u, p)) = credentials {
+        o.set_credentials(u, p);
+    }
+    if let Some(ca) = tls_ca_pem {
+        o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: ca.to_vec(),
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    o
 }
 
 /// What the task did, for `/metrics` and tests.

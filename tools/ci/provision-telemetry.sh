@@ -3,7 +3,9 @@
 #   - mosquitto from Debian (the broker the MQTT integration tests start on a free
 #     loopback port): EDGEINFER_TEST_MOSQUITTO=/usr/sbin/mosquitto
 #   - .cache/venv-mqtt, a venv with pinned paho-mqtt and jsonschema: the consumer that
-#     subscribes to every topic and validates each payload against docs/telemetry/*.json:
+#     subscribes to every topic and validates each payload against docs/telemetry/*.json;
+#     and protobuf with grpcio-tools, with which the Sparkplug consumer compiles the committed
+#     telemetry/proto/sparkplug_b.proto and decodes every Sparkplug B payload itself:
 #       EDGEINFER_TEST_MQTT_PYTHON=$repo/.cache/venv-mqtt/bin/python
 # It exports nothing: tools/ci/test.sh sets those variables.
 set -euo pipefail
@@ -11,7 +13,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-python3}"
 venv="$repo/.cache/venv-mqtt"
-requirements=("paho-mqtt==2.1.0" "jsonschema==4.23.0")
+requirements=("paho-mqtt==2.1.0" "jsonschema==4.23.0" "protobuf==5.29.4" "grpcio-tools==1.71.0")
 stamp="$venv/.edgeinfer-provisioned"
 
 log() { printf 'provision-telemetry: %s\n' "$*" >&2; }

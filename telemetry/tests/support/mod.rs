@@ -171,17 +171,24 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn start(port: u16, prefix: &str) -> Consumer {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../telemetry");
+        let schemas = root.join("../docs/telemetry");
+        Consumer::script("consumer.py", port, &[prefix.as_ref(), schemas.as_os_str()])
+    }
+
+    /// `telemetry/tests/<script> 127.0.0.1 <port> <args…>` in the MQTT venv, until it says
+    /// it is connected.
+    pub fn script(script: &str, port: u16, args: &[&std::ffi::OsStr]) -> Consumer {
         let python = std::env::var("EDGEINFER_TEST_MQTT_PYTHON").expect(
             "EDGEINFER_TEST_MQTT_PYTHON is not set: run tools/ci/test.sh (tools/ci/provision-telemetry.sh makes .cache/venv-mqtt)",
         );
         // From the manifest of whichever crate includes this file (the daemon's tests do too).
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../telemetry");
         let mut child = Command::new(python)
-            .arg(root.join("tests/consumer.py"))
+            .arg(root.join("tests").join(script))
             .arg("127.0.0.1")
             .arg(port.to_string())
-            .arg(prefix)
-            .arg(root.join("../docs/telemetry"))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
