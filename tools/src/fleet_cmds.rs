@@ -28,6 +28,9 @@ pub struct FleetArgs {
 enum FleetCommand {
     /// Live table of the devices on a broker: state, versions, p99, drift, accuracy.
     Watch(WatchArgs),
+    /// N simulated devices (real agent, TUF, install store, rollout judge) through a staged
+    /// rollout against one HTTP repository and one broker (docs/fleet.md).
+    Simulate(Box<crate::fleet_sim::SimulateArgs>),
 }
 
 #[derive(Args)]
@@ -49,6 +52,7 @@ struct WatchArgs {
 pub fn fleet(a: FleetArgs) -> Result<()> {
     match a.command {
         FleetCommand::Watch(w) => watch(w),
+        FleetCommand::Simulate(s) => crate::fleet_sim::simulate(*s),
     }
 }
 

@@ -7,6 +7,7 @@ mod client_cmds;
 mod engine_cmds;
 mod features_cmds;
 mod fleet_cmds;
+mod fleet_sim;
 mod release_cmds;
 mod rollout_cmds;
 mod tuf_cmds;
@@ -47,7 +48,7 @@ enum Command {
     Release(release_cmds::Commands),
     /// Fleet rollout: set the signed rollout directive, show where devices land.
     Rollout(rollout_cmds::RolloutArgs),
-    /// The fleet's telemetry live: `fleet watch --broker HOST:PORT [--prefix P] [--json]`.
+    /// The fleet's telemetry live (`fleet watch`), and the N-device simulation (`fleet simulate`).
     Fleet(fleet_cmds::FleetArgs),
 }
 

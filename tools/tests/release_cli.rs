@@ -4,33 +4,7 @@
 
 mod cli_support;
 
-use std::path::Path;
-
-use cli_support::{checkout, edgeinfer, fails, ok};
-
-/// The logreg fixture's golden rows as reference data, and a header of 20 names.
-fn reference_csv(path: &Path) {
-    let g: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(checkout().join("tests/fixtures/golden/logreg.json")).unwrap(),
-    )
-    .unwrap();
-    let data: Vec<String> = g["inputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    let mut csv = (0..20)
-        .map(|i| format!("f{i}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    csv.push('\n');
-    for row in data.chunks(20) {
-        csv.push_str(&row.join(","));
-        csv.push('\n');
-    }
-    std::fs::write(path, csv).unwrap();
-}
+use cli_support::{checkout, edgeinfer, fails, logreg_reference_csv, ok};
 
 #[test]
 fn create_sign_publish_verify_and_rotate_root_on_a_directory() {
@@ -87,7 +61,7 @@ fn create_sign_publish_verify_and_rotate_root_on_a_directory() {
     let r1 = root_v1.to_str().unwrap();
 
     let reference = t.join("ref.csv");
-    reference_csv(&reference);
+    logreg_reference_csv(&reference);
     let model = checkout().join("tests/fixtures/models/logreg.onnx");
     let create = [
         "release",

@@ -1,5 +1,7 @@
 //! What the release tests share: running `edgeinfer` from the test build, logging what it
 //! printed, and asserting that it succeeded, or failed with exit status 1.
+// Each test binary uses only some of these.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -46,4 +48,29 @@ pub fn fails(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The logreg fixture's golden rows as reference data for `release create`, with a header
+/// of 20 names (`f0` … `f19`).
+pub fn logreg_reference_csv(path: &Path) {
+    let g: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(checkout().join("tests/fixtures/golden/logreg.json")).unwrap(),
+    )
+    .unwrap();
+    let data: Vec<String> = g["inputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let mut csv = (0..20)
+        .map(|i| format!("f{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push('\n');
+    for row in data.chunks(20) {
+        csv.push_str(&row.join(","));
+        csv.push('\n');
+    }
+    std::fs::write(path, csv).unwrap();
 }
