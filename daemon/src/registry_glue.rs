@@ -43,6 +43,8 @@ pub const AUTO_BATCH_ROWS: usize = 64;
 struct Validated {
     model: Model,
     serving: ServingConfig,
+    /// Its feature schema bound to the store, published with it (server::entity).
+    features: Option<crate::server::entity::Binding>,
 }
 
 /// What happened, for tests and status: every [`AgentEvent`] in order, and every
@@ -194,6 +196,14 @@ impl DaemonDeployer {
             g.check(&out)
                 .map_err(|e| format!("golden sample {i} on {}: {e}", model.backend()))?;
         }
+        // The bundle's feature schema (or the config's) bound now, off the data path.
+        let features = crate::server::entity::prepare_binding(
+            name,
+            version,
+            bundle.features.as_ref(),
+            &model.info,
+        )
+        .map_err(|e| format!("features: {e:#}"))?;
         let b = bundle.model.batching;
         let serving = ServingConfig {
             batching: (b.max_batch > 1).then(|| BatchConfig {
@@ -212,7 +222,11 @@ impl DaemonDeployer {
             Some(h) => h(name, version, model),
             None => model,
         };
-        Ok(Validated { model, serving })
+        Ok(Validated {
+            model,
+            serving,
+            features,
+        })
     }
 
     /// The version validated last, which must be the one the agent just committed.
@@ -257,6 +271,9 @@ impl DaemonDeployer {
 
     /// Swaps `name`@`version` in as the default and retires the registry version it replaces.
     fn swap_in(&mut self, name: &str, version: &str, v: Validated) -> anyhow::Result<()> {
+        if let Some(b) = v.features {
+            crate::server::entity::install_binding(b);
+        }
         self.control
             .install_model(name, version, v.model, v.serving)?;
         self.control.activate(name, version)?;
@@ -333,6 +350,9 @@ impl Deployer for DaemonDeployer {
 
     fn install_beside(&mut self, r: &InstalledRelease) -> Result<(), String> {
         let (name, version, v) = self.take_pending(r)?;
+        if let Some(b) = v.features {
+            crate::server::entity::install_binding(b);
+        }
         // Pinnable at once; routed to only when the directive's split is served.
         self.control
             .install_model(&name, &version, v.model, v.serving)

@@ -17,6 +17,8 @@ pub mod update;
 pub use assemble::{Assembler, Override, RowReport};
 pub use config::{CacheConfig, MqttConfig};
 pub use error::{ErrorKind, FeatureError};
-pub use row::{encoded_len, FeatureRow, RowView, ROW_FORMAT};
+/// The read transaction type [`FeatureStore::get`] and [`HeldReader`] use.
+pub use heed::{RoTxn, WithoutTls};
+pub use row::{encoded_len, encoded_len_as, FeatureRow, RowView, ROW_F32, ROW_F64, ROW_FORMAT};
 pub use schema::{FeatureDType, FeatureSchema, FieldSpec, StalePolicy, MAX_FEATURES};
-pub use store::{FeatureStore, PutOutcome, StoreMetrics, StoreOptions, StoreStats};
+pub use store::{FeatureStore, HeldReader, PutOutcome, StoreMetrics, StoreOptions, StoreStats};

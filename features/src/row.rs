@@ -5,18 +5,27 @@
 //! 0   event_ts_ms   i64 LE
 //! 8   schema_version u32 LE
 //! 12  count          u16 LE   number of values
-//! 14  format         u16 LE   ROW_FORMAT
+//! 14  format         u16 LE   ROW_F64 (1) or ROW_F32 (2)
 //! 16  presence       ceil(count/64) × u64 LE, bit i set = value i present
-//! ..  values         count × f64 LE
+//! ..  values         count × f64 LE (format 1) or count × f32 LE (format 2)
 //! ```
 //! Every section starts at a multiple of 8 from the row start, so when LMDB hands back an
-//! 8-aligned value (the usual case) the values are viewed in place as `&[f64]` with
-//! bytemuck. LMDB only promises 2-byte alignment, so a misaligned value is read with
+//! 8-aligned value (the usual case) the values are viewed in place as `&[f64]` or `&[f32]`
+//! with bytemuck. LMDB only promises 2-byte alignment, so a misaligned value is read with
 //! unaligned loads instead: same answers, never a panic.
+//!
+//! Format 2 halves the values of a schema whose features are all `f32` or `bool` (each
+//! held exactly by an f32): a smaller row means fewer B-tree pages, so fewer cache and TLB
+//! misses per lookup at a million entities. Any other dtype needs f64 (integers to 2^53).
 
 use crate::FeatureError;
 
-pub const ROW_FORMAT: u16 = 1;
+/// Values stored as f64 (any dtype).
+pub const ROW_F64: u16 = 1;
+/// Values stored as f32 (a schema of `f32` and `bool` features only).
+pub const ROW_F32: u16 = 2;
+/// The format rows were written in before format 2 existed.
+pub const ROW_FORMAT: u16 = ROW_F64;
 const HEADER: usize = 16;
 
 /// A row to write: values in the schema's field order, `None` = absent (takes the default).
@@ -27,21 +36,33 @@ pub struct FeatureRow {
     pub values: Vec<Option<f64>>,
 }
 
-/// The encoded length of a row of `count` values.
+/// The encoded length of a row of `count` values in [`ROW_F64`].
 pub const fn encoded_len(count: usize) -> usize {
-    HEADER + count.div_ceil(64) * 8 + count * 8
+    encoded_len_as(ROW_F64, count)
+}
+
+/// The encoded length of a row of `count` values in `format`.
+pub const fn encoded_len_as(format: u16, count: usize) -> usize {
+    let width = if format == ROW_F32 { 4 } else { 8 };
+    HEADER + count.div_ceil(64) * 8 + count * width
 }
 
 impl FeatureRow {
-    /// Appends the encoding to `out` (cleared first).
+    /// Appends the [`ROW_F64`] encoding to `out` (cleared first).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_into_as(ROW_F64, out);
+    }
+
+    /// Appends the encoding in `format` to `out` (cleared first). In [`ROW_F32`] each value
+    /// is rounded to an f32: the caller picks it only for schemas whose dtypes an f32 holds.
+    pub fn encode_into_as(&self, format: u16, out: &mut Vec<u8>) {
         let n = self.values.len();
         out.clear();
-        out.reserve(encoded_len(n));
+        out.reserve(encoded_len_as(format, n));
         out.extend_from_slice(&self.event_ts_ms.to_le_bytes());
         out.extend_from_slice(&self.schema_version.to_le_bytes());
         out.extend_from_slice(&(n as u16).to_le_bytes());
-        out.extend_from_slice(&ROW_FORMAT.to_le_bytes());
+        out.extend_from_slice(&format.to_le_bytes());
         for chunk in self.values.chunks(64) {
             let mut word = 0u64;
             for (i, v) in chunk.iter().enumerate() {
@@ -52,7 +73,12 @@ impl FeatureRow {
             out.extend_from_slice(&word.to_le_bytes());
         }
         for v in &self.values {
-            out.extend_from_slice(&v.unwrap_or(0.0).to_le_bytes());
+            let v = v.unwrap_or(0.0);
+            if format == ROW_F32 {
+                out.extend_from_slice(&(v as f32).to_le_bytes());
+            } else {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
         }
     }
 
@@ -76,8 +102,10 @@ pub struct RowView<'a> {
 /// The values section: in place when aligned, otherwise read with unaligned loads.
 #[derive(Debug, Clone, Copy)]
 enum Values<'a> {
-    Aligned(&'a [f64]),
-    Unaligned(&'a [u8]),
+    F64(&'a [f64]),
+    F32(&'a [f32]),
+    UnalignedF64(&'a [u8]),
+    UnalignedF32(&'a [u8]),
 }
 
 impl<'a> RowView<'a> {
@@ -92,17 +120,17 @@ impl<'a> RowView<'a> {
         }
         let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
         let format = u16_at(14);
-        if format != ROW_FORMAT {
+        if format != ROW_F64 && format != ROW_F32 {
             return Err(bad(format!(
-                "format {format}, this build reads {ROW_FORMAT}"
+                "format {format}, this build reads {ROW_F64} and {ROW_F32}"
             )));
         }
         let count = usize::from(u16_at(12));
-        if bytes.len() != encoded_len(count) {
+        if bytes.len() != encoded_len_as(format, count) {
             return Err(bad(format!(
                 "{} bytes for {count} values, expected {}",
                 bytes.len(),
-                encoded_len(count)
+                encoded_len_as(format, count)
             )));
         }
         let event_ts_ms = i64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
@@ -110,9 +138,16 @@ impl<'a> RowView<'a> {
         let values_at = HEADER + count.div_ceil(64) * 8;
         let presence = &bytes[HEADER..values_at];
         let raw = &bytes[values_at..];
-        let values = match bytemuck::try_cast_slice::<u8, f64>(raw) {
-            Ok(v) => Values::Aligned(v),
-            Err(_) => Values::Unaligned(raw),
+        let values = if format == ROW_F32 {
+            match bytemuck::try_cast_slice::<u8, f32>(raw) {
+                Ok(v) => Values::F32(v),
+                Err(_) => Values::UnalignedF32(raw),
+            }
+        } else {
+            match bytemuck::try_cast_slice::<u8, f64>(raw) {
+                Ok(v) => Values::F64(v),
+                Err(_) => Values::UnalignedF64(raw),
+            }
         };
         Ok(RowView {
             event_ts_ms,
@@ -133,7 +168,15 @@ impl<'a> RowView<'a> {
 
     /// Whether the values were viewed in place (the zero-copy path).
     pub fn is_zero_copy(&self) -> bool {
-        matches!(self.values, Values::Aligned(_))
+        matches!(self.values, Values::F64(_) | Values::F32(_))
+    }
+
+    /// The row's storage format ([`ROW_F64`] or [`ROW_F32`]).
+    pub fn format(&self) -> u16 {
+        match self.values {
+            Values::F32(_) | Values::UnalignedF32(_) => ROW_F32,
+            Values::F64(_) | Values::UnalignedF64(_) => ROW_F64,
+        }
     }
 
     /// Value `i`, `None` when absent or out of range.
@@ -143,10 +186,14 @@ impl<'a> RowView<'a> {
             return None;
         }
         Some(match self.values {
-            Values::Aligned(v) => v[i],
-            Values::Unaligned(b) => {
+            Values::F64(v) => v[i],
+            Values::F32(v) => f64::from(v[i]),
+            Values::UnalignedF64(b) => {
                 f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
             }
+            Values::UnalignedF32(b) => f64::from(f32::from_le_bytes(
+                b[i * 4..i * 4 + 4].try_into().expect("4 bytes"),
+            )),
         })
     }
 
@@ -196,6 +243,36 @@ mod tests {
         assert_eq!(unaligned.get(0), None);
         assert_eq!(unaligned.get(1), Some(0.5));
         assert_eq!(unaligned.get(70), None);
+    }
+
+    /// Format 2 (f32 values) reads the same in place and misaligned, and a value is the
+    /// f32 it was rounded to.
+    #[test]
+    fn f32_rows_read_aligned_and_unaligned() {
+        let mut row = sample();
+        row.values[1] = Some(0.1);
+        let mut enc = Vec::new();
+        row.encode_into_as(ROW_F32, &mut enc);
+        assert_eq!(enc.len(), encoded_len_as(ROW_F32, 70));
+        assert!(enc.len() < encoded_len(70));
+        let mut words = vec![0u64; enc.len() / 8 + 2];
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        buf[..enc.len()].copy_from_slice(&enc);
+        let aligned = RowView::parse(&buf[..enc.len()]).unwrap();
+        assert!(aligned.is_zero_copy());
+        assert_eq!(aligned.format(), ROW_F32);
+        assert_eq!(aligned.get(1), Some(f64::from(0.1f32)));
+        assert_eq!(aligned.get(2), Some(1.0));
+        assert_eq!(aligned.get(3), None);
+        let want = aligned.to_row();
+        buf[2..2 + enc.len()].copy_from_slice(&enc);
+        let unaligned = RowView::parse(&buf[2..2 + enc.len()]).unwrap();
+        assert!(!unaligned.is_zero_copy());
+        assert_eq!(unaligned.to_row(), want);
+        // An f64-sized body under the f32 format tag is refused, not misread.
+        let mut wrong = row.encode();
+        wrong[14..16].copy_from_slice(&ROW_F32.to_le_bytes());
+        assert!(RowView::parse(&wrong).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::row::{ROW_F32, ROW_F64};
 use crate::FeatureError;
 
 /// Most features one schema (and so one stored row) may hold.
@@ -197,6 +198,21 @@ impl FeatureSchema {
     pub fn max_age_ms(&self, i: usize) -> Option<i64> {
         let s = self.fields[i].max_age_s.unwrap_or(self.max_age_s);
         (s > 0).then(|| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX))
+    }
+
+    /// The storage format of rows written under this schema: [`ROW_F32`] when every
+    /// feature is `f32` or `bool` (an f32 holds each exactly, and assembly serves f32
+    /// anyway), else [`ROW_F64`]. GET_FEATURES then returns the stored f32 widened.
+    pub fn row_format(&self) -> u16 {
+        let f32_enough = self
+            .fields
+            .iter()
+            .all(|f| matches!(f.dtype, FeatureDType::F32 | FeatureDType::Bool));
+        if f32_enough {
+            ROW_F32
+        } else {
+            ROW_F64
+        }
     }
 
     /// Whether two schemas store the same row layout (names and dtypes, in order): rows of

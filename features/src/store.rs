@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::{
@@ -103,6 +104,8 @@ pub struct StoreInner {
     known: RwLock<HashMap<u32, Arc<FeatureSchema>>>,
     max_key_bytes: usize,
     metrics: Arc<StoreMetrics>,
+    /// Row writes committed by this process: a [`HeldReader`] renews when it moved.
+    commits: AtomicU64,
     /// Stale reader slots cleared when opening (a crashed process's leftovers).
     pub stale_readers_cleared: usize,
 }
@@ -179,6 +182,7 @@ impl FeatureStore {
             known: RwLock::new(HashMap::new()),
             max_key_bytes: opts.max_key_bytes.min(crate::config::LMDB_MAX_KEY_BYTES),
             metrics: Arc::new(StoreMetrics::default()),
+            commits: AtomicU64::new(0),
             stale_readers_cleared: stale_readers_cleared.unwrap_or(0),
         }));
         store.load_schemas()?;
@@ -280,6 +284,12 @@ impl FeatureStore {
         self.env.read_txn().map_err(FeatureError::Store)
     }
 
+    /// A read transaction that may outlive the borrow of `self`: only for [`HeldReader`],
+    /// which keeps a clone of the store (and so the environment) alive while it holds one.
+    fn read_txn_static(&self) -> Result<RoTxn<'static, WithoutTls>, FeatureError> {
+        self.env.read_txn().map_err(FeatureError::Store)
+    }
+
     /// The row for `key`, viewed in place inside `txn`.
     pub fn get<'t>(
         &self,
@@ -312,6 +322,11 @@ impl FeatureStore {
 
     /// Checks a key and a row against the store's limits and the row's stored layout.
     pub fn check(&self, key: &[u8], row: &FeatureRow) -> Result<(), FeatureError> {
+        self.check_row(key, row).map(|_| ())
+    }
+
+    /// [`check`](Self::check), returning the row format its schema stores it in.
+    fn check_row(&self, key: &[u8], row: &FeatureRow) -> Result<u16, FeatureError> {
         if key.is_empty() {
             return Err(FeatureError::InvalidValue("empty entity key".into()));
         }
@@ -347,16 +362,20 @@ impl FeatureStore {
                 f.check(*v)?;
             }
         }
-        Ok(())
+        Ok(schema.row_format())
     }
 
     /// Writes rows in one transaction: all of them or (on any error) none. A row older by
     /// event time than the stored one is skipped; on a tie the later write wins.
     pub fn put(&self, rows: &[(Vec<u8>, FeatureRow)]) -> Result<PutOutcome, FeatureError> {
+        let mut formats = Vec::with_capacity(rows.len());
         for (k, r) in rows {
-            if let Err(e) = self.check(k, r) {
-                self.metrics.rows_rejected.fetch_add(1, Relaxed);
-                return Err(e);
+            match self.check_row(k, r) {
+                Ok(f) => formats.push(f),
+                Err(e) => {
+                    self.metrics.rows_rejected.fetch_add(1, Relaxed);
+                    return Err(e);
+                }
             }
         }
         let mut out = PutOutcome::default();
@@ -367,7 +386,7 @@ impl FeatureStore {
             lmdb(e, map_size)
         };
         let mut wtxn = self.env.write_txn().map_err(fail)?;
-        for (key, row) in rows {
+        for ((key, row), &format) in rows.iter().zip(&formats) {
             let newer = match self.rows.get(&wtxn, key).map_err(FeatureError::Store)? {
                 Some(old) => RowView::parse(old)
                     .map(|o| o.event_ts_ms <= row.event_ts_ms)
@@ -378,12 +397,13 @@ impl FeatureStore {
                 out.skipped_older += 1;
                 continue;
             }
-            row.encode_into(&mut buf);
+            row.encode_into_as(format, &mut buf);
             // On error the transaction is dropped (aborted): nothing of this batch is kept.
             self.rows.put(&mut wtxn, key, &buf).map_err(fail)?;
             out.written += 1;
         }
         wtxn.commit().map_err(fail)?;
+        self.commits.fetch_add(1, Release);
         self.metrics.rows_written.fetch_add(out.written, Relaxed);
         self.metrics
             .rows_skipped_older
@@ -442,6 +462,9 @@ impl FeatureStore {
                 .map_err(|e| lmdb(e, map_size))?;
         }
         wtxn.commit().map_err(|e| lmdb(e, map_size))?;
+        if !doomed.is_empty() {
+            self.commits.fetch_add(1, Release);
+        }
         self.metrics
             .rows_expired
             .fetch_add(doomed.len() as u64, Relaxed);
@@ -470,6 +493,68 @@ impl FeatureStore {
             .metadata()
             .map_err(|e| FeatureError::io(dest, e))?
             .len())
+    }
+}
+
+// === impl HeldReader ===
+
+/// One read transaction a data-path core keeps from request to request instead of a
+/// begin and an abort per request (each begin takes LMDB's reader-table mutex and scans
+/// for a slot, since without TLS a slot is not kept). heed 0.23 exposes neither
+/// `mdb_txn_reset` nor `mdb_txn_renew`, so "renew" here is an abort and a fresh begin.
+///
+/// It is renewed before use when a row write of this process committed since it began
+/// (so a PUT_FEATURES answered is visible to the next request: read-your-writes), and when
+/// it is older than `max_age` (writes by another process, such as `edgeinfer features
+/// import`, show within that). An idle core calls [`HeldReader::release_if_old`] so that
+/// it never pins old pages, which would keep LMDB from reusing them and grow the file.
+pub struct HeldReader {
+    // Declared before `store`: aborted before the environment it reads can go.
+    txn: Option<RoTxn<'static, WithoutTls>>,
+    store: FeatureStore,
+    began: Instant,
+    commits: u64,
+    max_age: Duration,
+}
+
+impl HeldReader {
+    pub fn new(store: FeatureStore, max_age: Duration) -> HeldReader {
+        HeldReader {
+            txn: None,
+            store,
+            began: Instant::now(),
+            commits: 0,
+            max_age,
+        }
+    }
+
+    /// The held transaction, renewed first if a write committed since it began or it is
+    /// older than `max_age` at `now`.
+    pub fn txn(&mut self, now: Instant) -> Result<&RoTxn<'static, WithoutTls>, FeatureError> {
+        let commits = self.store.commits.load(Acquire);
+        let fresh =
+            self.commits == commits && now.saturating_duration_since(self.began) <= self.max_age;
+        if !fresh || self.txn.is_none() {
+            // Abort the old one first: it frees its reader slot for the new one.
+            self.txn = None;
+            self.txn = Some(self.store.read_txn_static()?);
+            self.began = now;
+            self.commits = commits;
+        }
+        Ok(self.txn.as_ref().expect("just set"))
+    }
+
+    /// Ends the held transaction if it is older than `max_age` at `now`; returns whether
+    /// one is still held.
+    pub fn release_if_old(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.began) > self.max_age {
+            self.txn = None;
+        }
+        self.txn.is_some()
+    }
+
+    pub fn store(&self) -> &FeatureStore {
+        &self.store
     }
 }
 

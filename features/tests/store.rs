@@ -298,3 +298,65 @@ fn backup_is_a_compacted_readable_copy() {
     assert_eq!(row(&c, "e42").unwrap().values[0], Some(42.0));
     assert_eq!(c.schema(1).unwrap().fields.len(), 3);
 }
+
+/// A held read transaction is renewed by every write this process commits (the next read
+/// sees it), by age, and is let go when idle past its age, freeing its reader slot.
+#[test]
+fn a_held_reader_sees_each_committed_write_and_lets_go_when_idle() {
+    use std::time::{Duration, Instant};
+    let (_d, s) = store();
+    Assembler::new(&s, schema()).unwrap();
+    put(&s, "c1", 100, vec![Some(40.0), None, None]);
+    let mut h = edgeinfer_features::HeldReader::new(s.clone(), Duration::from_millis(50));
+    let t0 = Instant::now();
+    let id0 = h.txn(t0).unwrap().id();
+    let get = |h: &mut edgeinfer_features::HeldReader, at| {
+        let txn = h.txn(at).unwrap();
+        s.get(txn, b"c1").unwrap().unwrap().get(0)
+    };
+    assert_eq!(get(&mut h, t0), Some(40.0));
+    // No write: the same transaction is reused.
+    assert_eq!(h.txn(t0 + Duration::from_millis(10)).unwrap().id(), id0);
+    assert_eq!(s.stats().unwrap().readers, 1);
+    put(&s, "c1", 200, vec![Some(41.0), None, None]);
+    assert_eq!(get(&mut h, t0 + Duration::from_millis(10)), Some(41.0));
+    let id1 = h.txn(t0 + Duration::from_millis(10)).unwrap().id();
+    assert!(id1 > id0, "renewed after the commit ({id0} -> {id1})");
+    // Idle: kept while young, released once older than its age.
+    assert!(h.release_if_old(t0 + Duration::from_millis(20)));
+    assert!(!h.release_if_old(t0 + Duration::from_millis(100)));
+    // A reader slot is free again (LMDB counts slots ever used; none is held by a txn).
+    assert_eq!(get(&mut h, t0 + Duration::from_millis(100)), Some(41.0));
+}
+
+/// A schema of f32 and bool features only stores its rows as f32 (format 2, smaller);
+/// assembly serves the same f32s as from f64 rows; stored values read back widened.
+#[test]
+fn an_f32_schema_stores_f32_rows_and_assembles_the_same() {
+    let (_d, s) = store();
+    let mut f32_schema = schema();
+    f32_schema.version = 7;
+    f32_schema.max_age_s = 0;
+    f32_schema.fields[0] = field("age", FeatureDType::F32, 30.0);
+    assert_eq!(f32_schema.row_format(), edgeinfer_features::ROW_F32);
+    assert_eq!(schema().row_format(), edgeinfer_features::ROW_F64);
+    let a = Assembler::new(&s, f32_schema).unwrap();
+    s.put(&[(
+        b"c1".to_vec(),
+        FeatureRow {
+            event_ts_ms: 100,
+            schema_version: 7,
+            values: vec![Some(40.5), Some(0.1), None],
+        },
+    )])
+    .unwrap();
+    let txn = s.read_txn().unwrap();
+    let r = s.get(&txn, b"c1").unwrap().unwrap();
+    assert_eq!(r.format(), edgeinfer_features::ROW_F32);
+    assert_eq!(r.get(1), Some(f64::from(0.1f32)));
+    let (mut out, mut reps) = (Vec::new(), Vec::new());
+    a.assemble(&s, &txn, &[b"c1"], &[], 1000, &mut out, &mut reps)
+        .unwrap();
+    assert_eq!(out, vec![40.5f32, 0.1f32, 0.0]);
+    assert_eq!(reps[0].defaulted, vec![2]);
+}

@@ -5,9 +5,16 @@
 //!
 //! The store is opened once, by [`start`], before the cores: the map size from `[cache]`,
 //! `max_readers` sized to the cores, read transactions without TLS, stale readers cleared.
-//! Each model's feature schema comes from its config (`[models.features]`, the same
-//! [`FeatureSchema`] the signed bundle will carry) and is bound to the store here.
+//! Each core keeps one read transaction between requests ([`HeldReader`]), renewed after
+//! every write this process commits and every [`HELD_TXN_AGE`], and let go when idle.
+//!
+//! A model version's feature schema comes from its signed bundle (`Bundle::features`,
+//! bound by [`prepare_binding`] and [`install_binding`] when the registry installs the
+//! version, before it is served) or else from its config (`[models.features]`, the same
+//! [`FeatureSchema`] type), bound at start; a config schema also serves registry versions
+//! of that model whose bundle carries none.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -19,13 +26,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use edgeinfer_engine::{validate_inputs, DType, Dim, TensorView};
+use arc_swap::ArcSwap;
+use edgeinfer_engine::{validate_inputs, DType, Dim, ModelInfo, TensorView};
 use edgeinfer_features::housekeeping::{self, Expiry};
 use edgeinfer_features::mqtt::Subscriber;
 use edgeinfer_features::update::{self, NamedUpdate, MAX_PAYLOAD_ROWS};
 use edgeinfer_features::{
-    Assembler, CacheConfig, ErrorKind, FeatureError, FeatureSchema, FeatureStore, RowReport,
-    StoreOptions,
+    Assembler, CacheConfig, ErrorKind, FeatureError, FeatureSchema, FeatureStore, HeldReader,
+    RoTxn, RowReport, StoreOptions, WithoutTls,
 };
 use edgeinfer_proto::{
     self as proto, decode_message, encode_predict_by_entity_response_head, EntityRowReport,
@@ -44,14 +52,30 @@ use crate::model_table::{ModelTable, ModelVersion};
 /// PUT_FEATURES waiting for the writer; more are refused with OVERLOADED.
 const WRITE_QUEUE: usize = 64;
 
+/// How long a core's held read transaction lives at most: what a write by another process
+/// (`edgeinfer features import`) may wait to be seen, and how long an idle core pins pages.
+pub const HELD_TXN_AGE: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// This core's held read transaction (cores are threads; monoio tasks never move).
+    static READER: RefCell<Option<HeldReader>> = const { RefCell::new(None) };
+}
+
+/// Assemblers by model name, then version.
+type Assemblers = HashMap<String, HashMap<String, Arc<Assembler>>>;
+
 /// The process's feature cache, set once by [`start`]; unset = `cache.enabled = false`.
 static FEATURES: OnceLock<Features> = OnceLock::new();
 
 /// The opened store, the models' assemblers and the writer.
 pub struct Features {
     store: FeatureStore,
-    /// By model name, then version.
-    assemblers: HashMap<String, HashMap<String, Arc<Assembler>>>,
+    /// By model name, then version: read by the cores on every request, replaced whole
+    /// (under `binding`) when the registry installs a version.
+    assemblers: ArcSwap<Assemblers>,
+    binding: Mutex<()>,
+    /// `[models.features]` by model name: for registry versions whose bundle has none.
+    config_schemas: HashMap<String, FeatureSchema>,
     writer: Mutex<SyncSender<WriteJob>>,
     max_key_bytes: usize,
     _expiry: Option<Expiry>,
@@ -144,7 +168,8 @@ fn open(cfg: &Config, c: &CacheConfig, cores: usize) -> anyhow::Result<Features>
             "cleared stale feature-store readers"
         );
     }
-    let mut assemblers: HashMap<String, HashMap<String, Arc<Assembler>>> = HashMap::new();
+    let mut assemblers = Assemblers::new();
+    let mut config_schemas = HashMap::new();
     for m in &cfg.models {
         let Some(schema) = &m.features else { continue };
         let a = Assembler::new(&store, schema_of(schema))
@@ -153,6 +178,7 @@ fn open(cfg: &Config, c: &CacheConfig, cores: usize) -> anyhow::Result<Features>
             .entry(m.name.clone())
             .or_default()
             .insert(m.version.clone(), Arc::new(a));
+        config_schemas.insert(m.name.clone(), schema.clone());
     }
     let (tx, rx) = mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
     let writer_store = store.clone();
@@ -189,7 +215,9 @@ fn open(cfg: &Config, c: &CacheConfig, cores: usize) -> anyhow::Result<Features>
         .transpose()?;
     Ok(Features {
         store,
-        assemblers,
+        assemblers: ArcSwap::from_pointee(assemblers),
+        binding: Mutex::new(()),
+        config_schemas,
         writer: Mutex::new(tx),
         max_key_bytes: c.max_key_bytes as usize,
         _expiry: expiry,
@@ -209,46 +237,15 @@ impl Features {
     /// Checks at startup that a model can be fed by its schema: the feature input is the
     /// model's only input, f32, `[rows, width]`.
     fn check_model(&self, v: &ModelVersion) -> anyhow::Result<()> {
-        let Some(a) = self.assembler(&v.name, &v.version) else {
-            return Ok(());
-        };
-        let info = &v.model.info;
-        let want = a.schema().input.as_deref();
-        let ok = match (info.inputs.as_slice(), want) {
-            ([only], None) => Some(only),
-            ([only], Some(n)) if only.name == n => Some(only),
-            _ => None,
-        };
-        let Some(spec) = ok else {
-            anyhow::bail!(
-                "model {:?} version {:?}: PREDICT_BY_ENTITY needs the feature input to be the \
-             model's only input (the model has {:?}, the schema names {:?})",
-                v.name,
-                v.version,
-                info.inputs.iter().map(|s| &s.name).collect::<Vec<_>>(),
-                want
-            );
-        };
-        let width_ok = match spec.shape.as_slice() {
-            [_, Dim::Fixed(w)] => *w == a.width(),
-            [_, Dim::Dynamic] => true,
-            _ => false,
-        };
-        anyhow::ensure!(
-            spec.dtype == DType::F32 && width_ok,
-            "model {:?} version {:?}: input {:?} is {} {:?}; its feature schema assembles f32 \
-         [rows, {}]",
-            v.name,
-            v.version,
-            spec.name,
-            spec.dtype,
-            spec.shape,
-            a.width()
-        );
-        Ok(())
-    }
-    fn assembler(&self, model: &str, version: &str) -> Option<&Arc<Assembler>> {
-        self.assemblers.get(model)?.get(version)
+        match self
+            .assemblers
+            .load()
+            .get(&v.name)
+            .and_then(|m| m.get(&v.version))
+        {
+            Some(a) => check_input(&v.name, &v.version, a, &v.model.info),
+            None => Ok(()),
+        }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
@@ -267,6 +264,44 @@ impl Features {
         }
         Ok(())
     }
+}
+
+/// Checks that `a`'s schema can feed the model: the feature input is the model's only
+/// input, f32, `[rows, width]`.
+fn check_input(name: &str, version: &str, a: &Assembler, info: &ModelInfo) -> anyhow::Result<()> {
+    let want = a.schema().input.as_deref();
+    let ok = match (info.inputs.as_slice(), want) {
+        ([only], None) => Some(only),
+        ([only], Some(n)) if only.name == n => Some(only),
+        _ => None,
+    };
+    let Some(spec) = ok else {
+        anyhow::bail!(
+            "model {:?} version {:?}: PREDICT_BY_ENTITY needs the feature input to be the \
+         model's only input (the model has {:?}, the schema names {:?})",
+            name,
+            version,
+            info.inputs.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            want
+        );
+    };
+    let width_ok = match spec.shape.as_slice() {
+        [_, Dim::Fixed(w)] => *w == a.width(),
+        [_, Dim::Dynamic] => true,
+        _ => false,
+    };
+    anyhow::ensure!(
+        spec.dtype == DType::F32 && width_ok,
+        "model {:?} version {:?}: input {:?} is {} {:?}; its feature schema assembles f32 \
+     [rows, {}]",
+        name,
+        version,
+        spec.name,
+        spec.dtype,
+        spec.shape,
+        a.width()
+    );
+    Ok(())
 }
 
 /// The wire code for a store error: the request's fault, or the store's.
@@ -293,6 +328,130 @@ fn features() -> Result<&'static Features, Refusal> {
 
 fn now_ms() -> i64 {
     housekeeping::system_clock()
+}
+
+/// Runs `read` in this core's held read transaction (begun on first use). The first use on
+/// a core also starts the task that lets the transaction go once the core is idle.
+fn with_reader<T>(
+    f: &'static Features,
+    now: Instant,
+    read: impl FnOnce(&RoTxn<'static, WithoutTls>) -> Result<T, FeatureError>,
+) -> Result<T, FeatureError> {
+    READER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let held = match slot.as_mut() {
+            Some(h) => h,
+            None => {
+                let h = slot.insert(HeldReader::new(f.store.clone(), HELD_TXN_AGE));
+                monoio::spawn(release_when_idle());
+                h
+            }
+        };
+        let txn = held.txn(now)?;
+        read(txn)
+    })
+}
+
+/// Every [`HELD_TXN_AGE`], lets this core's held transaction go once it is older than that
+/// (no request renewed it): an idle core must not keep LMDB from reusing freed pages.
+/// Ends when it has let go; the next request starts another.
+async fn release_when_idle() {
+    loop {
+        monoio::time::sleep(HELD_TXN_AGE).await;
+        let held = READER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let still = slot
+                .as_mut()
+                .is_some_and(|h| h.release_if_old(Instant::now()));
+            if !still {
+                *slot = None;
+            }
+            still
+        });
+        if !held {
+            return;
+        }
+    }
+}
+
+// === schemas of registry-installed versions ===
+
+/// What [`prepare_binding`] decided for one version, for [`install_binding`].
+pub struct Binding {
+    name: String,
+    version: String,
+    assembler: Option<Arc<Assembler>>,
+}
+
+/// Binds the feature schema of `name`@`version` to the store, off the data path (the
+/// registry agent's thread), and checks that it can feed the model: `schema` is the signed
+/// bundle's (`Bundle::features`); without one the model's `[models.features]` from the
+/// config is used if it fits, else the version is predicted by tensor only. A bundle
+/// schema that does not fit the model, or clashes with the store's stored layout of its
+/// version, is an error: the install is refused. Nothing is served until
+/// [`install_binding`]. `Ok(None)` when the store is not enabled.
+pub fn prepare_binding(
+    name: &str,
+    version: &str,
+    schema: Option<&FeatureSchema>,
+    info: &ModelInfo,
+) -> anyhow::Result<Option<Binding>> {
+    let Some(f) = FEATURES.get() else {
+        if schema.is_some() {
+            tracing::warn!(
+                model = name,
+                version,
+                "the bundle has a feature schema but cache.enabled = false"
+            );
+        }
+        return Ok(None);
+    };
+    let assembler = match schema {
+        Some(s) => {
+            let a = Assembler::new(&f.store, schema_of(s))
+                .with_context(|| format!("{name}@{version}: the bundle's feature schema"))?;
+            check_input(name, version, &a, info)?;
+            Some(Arc::new(a))
+        }
+        None => f.config_schemas.get(name).and_then(|s| {
+            let a = Assembler::new(&f.store, schema_of(s))
+                .map(Arc::new)
+                .map_err(anyhow::Error::from)
+                .and_then(|a| check_input(name, version, &a, info).map(|()| a));
+            match a {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(model = name, version, "the config's feature schema does not fit this version, which is predicted by tensor only: {e:#}");
+                    None
+                }
+            }
+        }),
+    };
+    Ok(Some(Binding {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        assembler,
+    }))
+}
+
+/// Publishes a prepared binding: PREDICT_BY_ENTITY for `name`@`version` assembles with it
+/// from the next request on (call it before the version is published in the model table).
+/// A version without a schema loses any binding an earlier install of it had.
+pub fn install_binding(b: Binding) {
+    let Some(f) = FEATURES.get() else { return };
+    let _one_writer = f.binding.lock().unwrap_or_else(|p| p.into_inner());
+    let mut next = Assemblers::clone(&f.assemblers.load());
+    match b.assembler {
+        Some(a) => {
+            next.entry(b.name).or_default().insert(b.version, a);
+        }
+        None => {
+            if let Some(m) = next.get_mut(&b.name) {
+                m.remove(&b.version);
+            }
+        }
+    }
+    f.assemblers.store(Arc::new(next));
 }
 
 // === PREDICT_BY_ENTITY ===
@@ -337,7 +496,8 @@ fn check(
     let fail = |r: Refusal| (r, Some(v.clone()));
     let bad = |msg: String| fail(Refusal::new(ErrorCode::BadInput, msg));
     Core::ready(v).map_err(fail)?;
-    let Some(a) = f.assembler(&v.name, &v.version) else {
+    let assemblers = f.assemblers.load();
+    let Some(a) = assemblers.get(&v.name).and_then(|m| m.get(&v.version)) else {
         return Err(bad(format!(
             "model {:?} version {:?} has no feature schema ([models.features]): predict it by \
              tensor",
@@ -397,7 +557,8 @@ fn check(
         );
         return Err(fail(Refusal::new(ErrorCode::Overloaded, msg)));
     }
-    // Assembly: one read transaction, never blocked by writers (LMDB readers do not wait).
+    // Assembly: in this core's held read transaction, never blocked by writers (LMDB
+    // readers do not wait).
     let keys: SmallVec<[&[u8]; 8]> = req.keys.iter().map(Vec::as_slice).collect();
     let mut job = EntityJob {
         values: Vec::new(),
@@ -405,19 +566,18 @@ fn check(
         reports: Vec::new(),
         schema_version: schema.version,
     };
-    {
-        let txn = f.store.read_txn().map_err(|e| fail(refusal_of(&e)))?;
+    with_reader(f, now, |txn| {
         a.assemble(
             &f.store,
-            &txn,
+            txn,
             &keys,
             &overrides,
             now_ms(),
             &mut job.values,
             &mut job.reports,
         )
-        .map_err(|e| fail(refusal_of(&e)))?;
-    }
+    })
+    .map_err(|e| fail(refusal_of(&e)))?;
     // The NaN policy is the engine's: a schema may allow NaN that the engine refuses.
     validate_inputs(info, &[job.input()], true).map_err(|e| bad(e.message))?;
     let deadline = (req.deadline_us > 0).then(|| now + Duration::from_micros(req.deadline_us));

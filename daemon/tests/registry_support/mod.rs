@@ -151,8 +151,19 @@ impl Daemon {
     /// registry version, starts the cores on a Unix socket, then the agent (which waits for
     /// [`Daemon::poll`]: the configured interval is an hour).
     pub fn start(cfg: &Config, now: Arc<AtomicI64>) -> Daemon {
+        Daemon::start_with(cfg, now, |_| {})
+    }
+
+    /// [`Daemon::start`] with `before` run on the loaded table before the restore (the
+    /// feature tests open the store there, as `edgeinferd` does).
+    pub fn start_with(
+        cfg: &Config,
+        now: Arc<AtomicI64>,
+        before: impl FnOnce(&Arc<edgeinferd::model_table::ModelTable>),
+    ) -> Daemon {
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         let table = app::load_models(&cfg.model_specs()).expect("load models");
+        before(&table);
         let restored = registry_glue::restore(cfg, &Control::new(table.clone())).unwrap();
         let sock = cfg.server.unix_socket.clone();
         let _ = std::fs::remove_file(&sock);
