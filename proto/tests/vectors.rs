@@ -4,6 +4,11 @@
 //! Refusal vectors must be refused with their code. `UPDATE_EXPECT=1` rewrites the frames of
 //! the valid vectors from this encoder. The worked examples in docs/protocol.md must be
 //! vectors too.
+//!
+//! The feature-cache messages (PREDICT_BY_ENTITY, PUT_FEATURES, GET_FEATURES) have their
+//! vectors in proto/tests/vectors/features/, checked here the same way against the §10.9-13
+//! examples (`<!-- expect-features:NAME -->`). They sit beside the shared ones, not among
+//! them, because the Python client does not speak those opcodes yet.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +20,16 @@ fn repo() -> PathBuf {
 }
 
 fn vectors() -> Vec<(PathBuf, Value)> {
-    let dir = repo().join("proto/tests/vectors");
+    vectors_in("proto/tests/vectors", 20)
+}
+
+fn feature_vectors() -> Vec<(PathBuf, Value)> {
+    vectors_in("proto/tests/vectors/features", 8)
+}
+
+/// The `*.json` vectors of one directory, at least `min` of them.
+fn vectors_in(rel: &str, min: usize) -> Vec<(PathBuf, Value)> {
+    let dir = repo().join(rel);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -23,7 +37,7 @@ fn vectors() -> Vec<(PathBuf, Value)> {
         .collect();
     paths.sort();
     assert!(
-        paths.len() >= 20,
+        paths.len() >= min,
         "only {} vectors in {}",
         paths.len(),
         dir.display()
@@ -120,6 +134,64 @@ fn status(v: &Value) -> ModelStatus {
 fn status_json(m: &ModelStatus) -> Value {
     json!({"name": m.name, "version": m.version, "backend": m.backend, "ready": m.ready,
            "default": m.default, "requests": m.requests, "errors": m.errors})
+}
+
+fn hexes(v: &Value) -> Vec<Vec<u8>> {
+    list(v, unhex_str)
+}
+
+fn hexes_json(b: &[Vec<u8>]) -> Vec<String> {
+    b.iter().map(|k| hex_str(k)).collect()
+}
+
+fn feature_value(v: &Value) -> FeatureValue {
+    FeatureValue {
+        name: s(&v["name"]),
+        value: v["value"].as_f64().unwrap(),
+    }
+}
+
+fn feature_values_json(m: &[FeatureValue]) -> Value {
+    Value::from(
+        m.iter()
+            .map(|x| json!({"name": x.name, "value": x.value}))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn row_report(v: &Value) -> EntityRowReport {
+    EntityRowReport {
+        found: v["found"].as_bool().unwrap(),
+        version_mismatch: v["version_mismatch"].as_bool().unwrap(),
+        defaulted: list(&v["defaulted"], |x| u(x) as u32),
+        stale: list(&v["stale"], |x| u(x) as u32),
+        event_ts_ms: v["event_ts_ms"].as_i64().unwrap(),
+    }
+}
+
+fn row_report_json(m: &EntityRowReport) -> Value {
+    json!({"found": m.found, "version_mismatch": m.version_mismatch, "defaulted": m.defaulted,
+           "stale": m.stale, "event_ts_ms": m.event_ts_ms})
+}
+
+fn predict_response_json(r: &PredictResponse) -> Value {
+    json!({"model": r.model, "version": r.version,
+        "outputs": r.outputs.iter().map(tensor_meta_json).collect::<Vec<_>>(),
+        "backend": r.backend, "queue_us": r.queue_us, "compute_us": r.compute_us,
+        "prediction_id": r.prediction_id})
+}
+
+/// A PredictResponse from its fields, outputs left for the encoder to lay out.
+fn predict_response(f: &Value) -> PredictResponse {
+    PredictResponse {
+        model: s(&f["model"]),
+        version: s(&f["version"]),
+        outputs: Vec::new(),
+        backend: s(&f["backend"]),
+        queue_us: u(&f["queue_us"]),
+        compute_us: u(&f["compute_us"]),
+        prediction_id: f.get("prediction_id").map_or(0, u),
+    }
 }
 
 fn tensors(v: &Value) -> Vec<Tensor> {
@@ -256,6 +328,75 @@ fn encode(v: &Value) -> Vec<u8> {
             };
             head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
         }
+        "PredictByEntityRequest" => {
+            let m = PredictByEntityRequest {
+                model: s(&f["model"]),
+                version: f["version"].as_str().map(str::to_owned),
+                keys: hexes(&f["keys"]),
+                outputs: list(&f["outputs"], s),
+                deadline_us: u(&f["deadline_us"]),
+                routing_key: unhex_str(&f["routing_key"]),
+                overrides: list(&f["overrides"], |o| FeatureOverride {
+                    row: u(&o["row"]) as u32,
+                    feature: s(&o["feature"]),
+                    value: o["value"].as_f64().unwrap(),
+                }),
+                schema_version: u(&f["schema_version"]) as u32,
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
+        "PredictByEntityResponse" => {
+            assert_eq!(flags, 0, "the response encoder sends no flags");
+            let ts = tensors(&v["tensors"]);
+            let views: Vec<_> = ts.iter().map(Tensor::view).collect();
+            let mut resp = PredictByEntityResponse {
+                prediction: Some(predict_response(&f["prediction"])),
+                rows: list(&f["rows"], row_report),
+                schema_version: u(&f["schema_version"]) as u32,
+            };
+            encode_predict_by_entity_response(id, &mut resp, &views, &mut out).unwrap();
+            let p = resp.prediction.as_ref().unwrap();
+            assert_eq!(
+                Value::from(p.outputs.iter().map(tensor_meta_json).collect::<Vec<_>>()),
+                f["prediction"]["outputs"],
+                "the layout of the outputs"
+            );
+        }
+        "PutFeaturesRequest" => {
+            let m = PutFeaturesRequest {
+                schema_version: u(&f["schema_version"]) as u32,
+                rows: list(&f["rows"], |r| FeatureRowMsg {
+                    entity: unhex_str(&r["entity"]),
+                    event_ts_ms: r["event_ts_ms"].as_i64().unwrap(),
+                    values: list(&r["values"], feature_value),
+                }),
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
+        "PutFeaturesResponse" => {
+            let m = PutFeaturesResponse {
+                written: u(&f["written"]),
+                skipped_older: u(&f["skipped_older"]),
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
+        "GetFeaturesRequest" => {
+            let m = GetFeaturesRequest {
+                entities: hexes(&f["entities"]),
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
+        "GetFeaturesResponse" => {
+            let m = GetFeaturesResponse {
+                rows: list(&f["rows"], |r| StoredFeatures {
+                    found: r["found"].as_bool().unwrap(),
+                    event_ts_ms: r["event_ts_ms"].as_i64().unwrap(),
+                    schema_version: u(&r["schema_version"]) as u32,
+                    values: list(&r["values"], feature_value),
+                }),
+            };
+            head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
+        }
         "HealthRequest" => {
             head(
                 &|o| encode_frame_head(op, flags, id, &HealthRequest {}, 0, o),
@@ -358,6 +499,58 @@ fn decode(frame: &[u8]) -> Result<(Value, &'static str, Value, Vec<Tensor>), Pro
                    "models": m.models.iter().map(status_json).collect::<Vec<_>>()}),
             vec![],
         ),
+        Payload::PredictByEntity(m) => (
+            h,
+            "PredictByEntityRequest",
+            json!({"model": m.model, "version": opt(&m.version), "keys": hexes_json(&m.keys),
+                   "outputs": m.outputs, "deadline_us": m.deadline_us,
+                   "routing_key": hex_str(&m.routing_key),
+                   "overrides": m.overrides.iter()
+                       .map(|o| json!({"row": o.row, "feature": o.feature, "value": o.value}))
+                       .collect::<Vec<_>>(),
+                   "schema_version": m.schema_version}),
+            vec![],
+        ),
+        Payload::PredictByEntityResponse(v) => {
+            let ts = (0..v.prediction().outputs.len())
+                .map(|i| v.output(i).expect("checked when decoding").to_tensor())
+                .collect();
+            let r = &v.response;
+            let fields = json!({"prediction": predict_response_json(v.prediction()),
+                "rows": r.rows.iter().map(row_report_json).collect::<Vec<_>>(),
+                "schema_version": r.schema_version});
+            (h, "PredictByEntityResponse", fields, ts)
+        }
+        Payload::PutFeatures(m) => (
+            h,
+            "PutFeaturesRequest",
+            json!({"schema_version": m.schema_version,
+                   "rows": m.rows.iter().map(|r| json!({"entity": hex_str(&r.entity),
+                       "event_ts_ms": r.event_ts_ms, "values": feature_values_json(&r.values)}))
+                       .collect::<Vec<_>>()}),
+            vec![],
+        ),
+        Payload::PutFeaturesResponse(m) => (
+            h,
+            "PutFeaturesResponse",
+            json!({"written": m.written, "skipped_older": m.skipped_older}),
+            vec![],
+        ),
+        Payload::GetFeatures(m) => (
+            h,
+            "GetFeaturesRequest",
+            json!({"entities": hexes_json(&m.entities)}),
+            vec![],
+        ),
+        Payload::GetFeaturesResponse(m) => (
+            h,
+            "GetFeaturesResponse",
+            json!({"rows": m.rows.iter().map(|r| json!({"found": r.found,
+                       "event_ts_ms": r.event_ts_ms, "schema_version": r.schema_version,
+                       "values": feature_values_json(&r.values)}))
+                   .collect::<Vec<_>>()}),
+            vec![],
+        ),
         Payload::Reserved { opcode, .. } => panic!("no vector uses reserved opcode {opcode}"),
         #[allow(unreachable_patterns)]
         _ => panic!("a payload this test does not know: add it"),
@@ -366,10 +559,25 @@ fn decode(frame: &[u8]) -> Result<(Value, &'static str, Value, Vec<Tensor>), Pro
 
 #[test]
 fn valid_vectors_encode_and_decode_byte_for_byte() {
+    let count = check_valid(vectors());
+    assert!(count >= 15, "only {count} valid vectors");
+}
+
+#[test]
+fn feature_vectors_encode_decode_and_refuse_like_the_others() {
+    let count = check_valid(feature_vectors());
+    assert!(count >= 7, "only {count} valid feature vectors");
+    let count = check_refused(feature_vectors());
+    assert!(count >= 3, "only {count} feature refusal vectors");
+}
+
+/// Encodes each valid vector from its fields and decodes its frame back to them; returns
+/// how many there were.
+fn check_valid(vs: Vec<(PathBuf, Value)>) -> usize {
     let updating = std::env::var_os("UPDATE_EXPECT").is_some();
     let mut failures = Vec::new();
     let mut count = 0;
-    for (path, mut v) in vectors() {
+    for (path, mut v) in vs {
         if v.get("refused").is_some() {
             continue;
         }
@@ -401,14 +609,20 @@ fn valid_vectors_encode_and_decode_byte_for_byte() {
             Err(e) => failures.push(format!("{name}: does not decode: {e}")),
         }
     }
-    assert!(count >= 15, "only {count} valid vectors");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    count
 }
 
 #[test]
 fn refusal_vectors_are_refused_with_their_code() {
+    let count = check_refused(vectors());
+    assert!(count >= 10, "only {count} refusal vectors");
+}
+
+/// Decodes each refusal vector, which must fail with its code; returns how many there were.
+fn check_refused(vs: Vec<(PathBuf, Value)>) -> usize {
     let mut count = 0;
-    for (path, v) in vectors() {
+    for (path, v) in vs {
         let Some(r) = v.get("refused") else { continue };
         count += 1;
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -428,16 +642,21 @@ fn refusal_vectors_are_refused_with_their_code() {
             "{name}: closes the connection? ({err})"
         );
     }
-    assert!(count >= 10, "only {count} refusal vectors");
+    count
 }
 
 /// The blocks after `<!-- expect:NAME -->` in docs/protocol.md, by name.
 fn doc_blocks() -> Vec<(String, Vec<String>)> {
+    doc_blocks_tagged("<!-- expect:")
+}
+
+/// The blocks after `{tag}NAME -->` in docs/protocol.md, by name.
+fn doc_blocks_tagged(tag: &str) -> Vec<(String, Vec<String>)> {
     let doc = std::fs::read_to_string(repo().join("docs/protocol.md")).unwrap();
     let mut out = Vec::new();
     let mut rest = doc.as_str();
-    while let Some(at) = rest.find("<!-- expect:") {
-        let after = &rest[at + "<!-- expect:".len()..];
+    while let Some(at) = rest.find(tag) {
+        let after = &rest[at + tag.len()..];
         let name = after[..after.find(" -->").unwrap()].to_owned();
         let open = after.find("```text\n").unwrap() + "```text\n".len();
         let close = open + after[open..].find("```").unwrap();
@@ -450,13 +669,24 @@ fn doc_blocks() -> Vec<(String, Vec<String>)> {
 
 #[test]
 fn every_worked_example_of_the_spec_is_a_vector() {
-    let blocks = doc_blocks();
+    examples_are_vectors(doc_blocks(), vectors(), "expect");
+}
+
+#[test]
+fn every_feature_example_of_the_spec_is_a_feature_vector() {
+    let blocks = doc_blocks_tagged("<!-- expect-features:");
+    assert!(blocks.len() >= 7, "{} feature examples", blocks.len());
+    examples_are_vectors(blocks, feature_vectors(), "expect-features");
+}
+
+/// Each doc block is the frame of the vector naming it in `"doc"`, and each such vector's
+/// block exists.
+fn examples_are_vectors(blocks: Vec<(String, Vec<String>)>, vs: Vec<(PathBuf, Value)>, tag: &str) {
     assert!(
         blocks.len() >= 3,
         "docs/protocol.md has {} examples",
         blocks.len()
     );
-    let vs = vectors();
     for (name, lines) in &blocks {
         let v = vs
             .iter()
@@ -469,7 +699,7 @@ fn every_worked_example_of_the_spec_is_a_vector() {
         if let Some(doc) = v.get("doc").and_then(Value::as_str) {
             assert!(
                 blocks.iter().any(|(n, _)| n == doc),
-                "{}: docs/protocol.md has no <!-- expect:{doc} -->",
+                "{}: docs/protocol.md has no <!-- {tag}:{doc} -->",
                 path.display()
             );
         }
