@@ -63,6 +63,7 @@ impl Client {
             versions: SUPPORTED_VERSIONS.to_vec(),
             client: concat!("edgeinfer-client/", env!("CARGO_PKG_VERSION")).into(),
             token: token.into(),
+            shm_ring_bytes: 0,
         };
         let id = self.conn.encode_message(Opcode::Hello, &msg)?;
         self.send_wbuf().await?;

@@ -48,16 +48,8 @@ impl Conn {
         opts: &PredictOptions,
     ) -> Result<u64, ClientError> {
         let id = self.next_id();
-        let r = &mut self.req;
-        r.model.clear();
-        r.model.push_str(model);
-        r.version.clone_from(&opts.version);
-        r.outputs.clone_from(&opts.outputs);
-        r.deadline_us = opts.deadline.map_or(0, |d| {
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-        });
-        r.routing_key.clone_from(&opts.routing_key);
-        encode_predict(id, r, inputs, &mut self.wbuf)?;
+        set_request(&mut self.req, model, opts);
+        encode_predict(id, &mut self.req, inputs, &mut self.wbuf)?;
         Ok(id)
     }
 
@@ -83,6 +75,18 @@ impl Conn {
     pub(crate) fn stash(&mut self, header: Header) {
         self.stash.push_back((header, self.rbuf.clone()));
     }
+}
+
+/// Fills a reused PREDICT's fields (all but the inputs) from `model` and `opts`.
+pub(crate) fn set_request(r: &mut PredictRequest, model: &str, opts: &PredictOptions) {
+    r.model.clear();
+    r.model.push_str(model);
+    r.version.clone_from(&opts.version);
+    r.outputs.clone_from(&opts.outputs);
+    r.deadline_us = opts.deadline.map_or(0, |d| {
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+    });
+    r.routing_key.clone_from(&opts.routing_key);
 }
 
 fn server_error(header: &Header, body: &[u8]) -> ClientError {

@@ -7,6 +7,7 @@
 pub mod r#async;
 pub mod blocking;
 mod conn;
+pub mod shm;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub allowed_uids: Vec<u32>,
     /// …or one of these gids. Both empty = file permissions alone decide.
     pub allowed_gids: Vec<u32>,
+    /// `[server.shm]`: the shared-memory transport (its type and checks: server/shm.rs).
+    pub shm: crate::server::ShmConfig,
 }
 
 /// The `[http]` section; its type, defaults and checks live with the HTTP server.
@@ -207,6 +209,7 @@ impl Default for ServerConfig {
             tls_key: None,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
+            shm: opts.shm,
         }
     }
 }
@@ -805,6 +808,7 @@ impl Config {
             allowed_uids: s.allowed_uids.clone(),
             allowed_gids: s.allowed_gids.clone(),
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            shm: s.shm.clone(),
             ..d
         }
     }
@@ -1020,6 +1024,7 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
         600_000,
         " ms",
     );
+    s.shm.validate(out);
     crate::http::config::validate(&c.http, out);
     range(
         out,

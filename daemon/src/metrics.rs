@@ -237,7 +237,28 @@ fn render_server(out: &mut String, s: &ServerStats) {
         "edgeinfer_connections_open {}",
         s.connections_open.load(Relaxed)
     );
+    header(
+        out,
+        "edgeinfer_shm_sessions_open",
+        "gauge",
+        "Shared-memory sessions open now, each holding one memfd with its two rings.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeinfer_shm_sessions_open {}",
+        s.shm_sessions_open.load(Relaxed)
+    );
     for (name, help, v) in [
+        (
+            "edgeinfer_shm_sessions_granted_total",
+            "Shared-memory sessions granted in HELLO.",
+            &s.shm_sessions_granted,
+        ),
+        (
+            "edgeinfer_shm_sessions_hostile_total",
+            "Shared-memory sessions ended because the client broke the ring protocol.",
+            &s.shm_sessions_hostile,
+        ),
         (
             "edgeinfer_connections_accepted_total",
             "Binary-protocol connections accepted.",

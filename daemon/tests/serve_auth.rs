@@ -33,6 +33,7 @@ fn hello_frame(id: u64, token: &str) -> Vec<u8> {
             versions: vec![1],
             client: "serve_auth".into(),
             token: token.into(),
+            shm_ring_bytes: 0,
         },
         &mut f,
     )

@@ -15,6 +15,7 @@ mod features;
 mod frame;
 mod header;
 mod msg;
+pub mod shm;
 mod tensor;
 
 pub use error::{ErrorCode, ProtoError, TensorProblem};

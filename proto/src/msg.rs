@@ -108,6 +108,10 @@ pub struct Hello {
     /// empty = none. Sent in the clear: use it over a Unix socket, loopback or a trusted link.
     #[prost(string, tag = "3")]
     pub token: String,
+    /// Asks for the shared-memory transport (docs/protocol.md §11): the bytes wanted for
+    /// each of the two rings; 0 = the socket only. Only over a Unix socket.
+    #[prost(uint64, tag = "4")]
+    pub shm_ring_bytes: u64,
 }
 
 /// HELLO_RESPONSE (0x81): the chosen version and the server's limits.
@@ -127,6 +131,10 @@ pub struct HelloResponse {
     pub max_tensors: u32,
     #[prost(uint32, tag = "7")]
     pub max_rank: u32,
+    /// The shared-memory grant (docs/protocol.md §11): bytes of each ring in the memfd
+    /// passed with this frame (SCM_RIGHTS); 0 = no shared memory.
+    #[prost(uint64, tag = "8")]
+    pub shm_ring_bytes: u64,
 }
 
 /// METADATA (0x03).

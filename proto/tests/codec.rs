@@ -46,6 +46,7 @@ fn hello() -> impl Strategy<Value = Hello> {
             versions,
             client,
             token,
+            shm_ring_bytes: 0,
         })
 }
 
@@ -76,6 +77,7 @@ fn hello_response() -> impl Strategy<Value = HelloResponse> {
                 max_meta_bytes,
                 max_tensors,
                 max_rank,
+                shm_ring_bytes: 0,
             },
         )
 }

@@ -56,6 +56,34 @@ fn example_error() -> Vec<u8> {
     out
 }
 
+/// HELLO asking for the shared-memory transport with rings of 1 MiB (docs/protocol.md §11).
+fn example_hello_shm() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = Hello {
+        versions: vec![1],
+        client: "cli".into(),
+        shm_ring_bytes: 1 << 20,
+        ..Default::default()
+    };
+    encode_message(Opcode::Hello, 1, &msg, &mut out).unwrap();
+    out
+}
+
+/// Its grant: the server's limits and the ring size (the fds travel beside these bytes).
+fn example_hello_shm_response() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = HelloResponse {
+        version: 1,
+        max_frame_bytes: 64 << 20,
+        max_in_flight: 128,
+        server: "edgeinferd".into(),
+        shm_ring_bytes: 1 << 20,
+        ..Default::default()
+    };
+    encode_message(Opcode::HelloResponse, 1, &msg, &mut out).unwrap();
+    out
+}
+
 /// HELLO from a client of a server configured with a token.
 fn example_hello_with_token() -> Vec<u8> {
     let mut out = Vec::new();
@@ -63,6 +91,7 @@ fn example_hello_with_token() -> Vec<u8> {
         versions: vec![1],
         client: "cli".into(),
         token: "0123456789abcdef".into(),
+        shm_ring_bytes: 0,
     };
     encode_message(Opcode::Hello, 1, &msg, &mut out).unwrap();
     out
@@ -166,6 +195,8 @@ fn protocol_doc_examples_match_the_encoder() {
         ("predict-response-frame", example_predict_response()),
         ("error-frame", example_error()),
         ("hello-token-frame", example_hello_with_token()),
+        ("hello-shm-frame", example_hello_shm()),
+        ("hello-shm-response-frame", example_hello_shm_response()),
         ("unauthenticated-frame", example_unauthenticated()),
         ("feedback-frame", example_feedback()),
         ("feedback-response-frame", example_feedback_response()),
@@ -218,6 +249,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             max_meta_bytes: 65536,
             max_tensors: 64,
             max_rank: 8,
+            shm_ring_bytes: 0,
         };
         encode_message(Opcode::HelloResponse, 1, &m, o).unwrap()
     });

@@ -274,6 +274,7 @@ fn encode(v: &Value) -> Vec<u8> {
                 versions: list(&f["versions"], |x| u(x) as u32),
                 client: s(&f["client"]),
                 token: s(&f["token"]),
+                shm_ring_bytes: u(&f["shm_ring_bytes"]),
             };
             head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
         }
@@ -286,6 +287,7 @@ fn encode(v: &Value) -> Vec<u8> {
                 max_meta_bytes: u(&f["max_meta_bytes"]) as u32,
                 max_tensors: u(&f["max_tensors"]) as u32,
                 max_rank: u(&f["max_rank"]) as u32,
+                shm_ring_bytes: u(&f["shm_ring_bytes"]),
             };
             head(&|o| encode_frame_head(op, flags, id, &m, 0, o), &mut out);
         }
@@ -447,21 +449,18 @@ fn decode(frame: &[u8]) -> Result<(Value, &'static str, Value, Vec<Tensor>), Pro
             json!({"code": m.code, "message": m.message, "retry_after_ms": m.retry_after_ms}),
             vec![],
         ),
-        Payload::Hello(m) => (
-            h,
-            "Hello",
-            json!({"versions": m.versions, "client": m.client, "token": m.token}),
-            vec![],
-        ),
-        Payload::HelloResponse(m) => (
-            h,
-            "HelloResponse",
-            json!({"version": m.version, "max_frame_bytes": m.max_frame_bytes,
+        Payload::Hello(m) => {
+            let f = json!({"versions": m.versions, "client": m.client, "token": m.token,
+                           "shm_ring_bytes": m.shm_ring_bytes});
+            (h, "Hello", f, vec![])
+        }
+        Payload::HelloResponse(m) => {
+            let f = json!({"version": m.version, "max_frame_bytes": m.max_frame_bytes,
                    "max_in_flight": m.max_in_flight, "server": m.server,
                    "max_meta_bytes": m.max_meta_bytes, "max_tensors": m.max_tensors,
-                   "max_rank": m.max_rank}),
-            vec![],
-        ),
+                   "max_rank": m.max_rank, "shm_ring_bytes": m.shm_ring_bytes});
+            (h, "HelloResponse", f, vec![])
+        }
         Payload::Metadata(m) => (
             h,
             "MetadataRequest",

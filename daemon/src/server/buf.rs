@@ -41,6 +41,8 @@ pub struct FrameBuf {
     ptr: NonNull<u8>,
     cap: usize,
     len: usize,
+    /// Bytes lent by someone else (a shared-memory ring): handed back, never freed.
+    lender: Option<(std::rc::Rc<dyn Lender>, u64)>,
     // Pool membership is per thread: keep buffers on the thread that took them.
     _not_send: PhantomData<*mut u8>,
 }
@@ -164,6 +166,28 @@ impl FrameBuf {
             ptr,
             cap,
             len: 0,
+            lender: None,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// A frame that stays where it is, in memory `lender` owns (a shared-memory ring, see
+    /// `server::shm`): dropping the buffer calls `lender.give_back(token)` instead of
+    /// freeing anything. The buffer is read-only in practice: it is never read into.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay mapped and readable until `give_back` is called.
+    pub unsafe fn lent(
+        ptr: NonNull<u8>,
+        len: usize,
+        lender: std::rc::Rc<dyn Lender>,
+        token: u64,
+    ) -> FrameBuf {
+        FrameBuf {
+            ptr,
+            cap: len,
+            len,
+            lender: Some((lender, token)),
             _not_send: PhantomData,
         }
     }
@@ -242,8 +266,18 @@ impl std::fmt::Debug for FrameBuf {
     }
 }
 
+/// Owner of memory lent out as [`FrameBuf`]s ([`FrameBuf::lent`]).
+pub trait Lender {
+    /// The buffer lent under `token` is dropped: its bytes may be reused.
+    fn give_back(&self, token: u64);
+}
+
 impl Drop for FrameBuf {
     fn drop(&mut self) {
+        if let Some((lender, token)) = self.lender.take() {
+            lender.give_back(token);
+            return;
+        }
         let (ptr, cap) = (self.ptr, self.cap);
         let Some(c) = class_of(cap).filter(|&c| MIN_CLASS << c == cap) else {
             // SAFETY: not a pooled class size, so `take` mapped it with exactly `cap` bytes.

@@ -190,6 +190,55 @@ impl Conn {
     }
 }
 
+// === hooks for the shared-memory transport (server/shm.rs) ===
+
+impl Conn {
+    /// A connection with no socket of its own: a shared-memory session's requests run on
+    /// the core through it, and `shm.rs` takes its answers instead of a writer task.
+    pub(super) fn detached(core: Rc<Core>) -> Conn {
+        let c = Conn::new(core, -1);
+        c.fd_open.set(false);
+        c.authenticated.set(true);
+        c
+    }
+
+    /// The socket, while it is open.
+    pub(super) fn raw_fd(&self) -> Option<RawFd> {
+        self.fd_open.get().then_some(self.fd)
+    }
+
+    /// Nothing in flight, no answer queued or being written: a frame sent on the socket
+    /// now goes out next, in order.
+    pub(super) fn nothing_unwritten(&self) -> bool {
+        self.in_flight.get() == 0
+            && self.out.borrow().is_empty()
+            && self.write_progress.get().is_none()
+    }
+
+    /// The answers waiting to be written (for a detached connection, to its ring).
+    pub(super) fn answers(&self) -> std::cell::RefMut<'_, VecDeque<Response>> {
+        self.out.borrow_mut()
+    }
+
+    /// Resolves when an answer is queued or the connection is killed.
+    pub(super) fn answer_queued(&self) -> super::notify::Wait<'_> {
+        self.writer_wake.wait()
+    }
+
+    /// Timeouts as the ticker checks them: bytes arrived (`now`), a frame under way since,
+    /// answers waiting for the client since.
+    pub(super) fn note_io(
+        &self,
+        now: Instant,
+        partial_since: Option<Instant>,
+        write_since: Option<Instant>,
+    ) {
+        self.last_activity.set(now);
+        self.partial_since.set(partial_since);
+        self.write_progress.set(write_since);
+    }
+}
+
 /// Decrements the open-connection gauges however the connection ends (even if the runtime
 /// is dropped with the task still pending).
 struct OpenGuard {

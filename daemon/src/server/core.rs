@@ -566,7 +566,12 @@ impl Core {
                             max_meta_bytes: l.max_meta_bytes,
                             max_tensors: l.max_tensors,
                             max_rank: l.max_rank,
+                            shm_ring_bytes: 0,
                         };
+                        if h.shm_ring_bytes > 0 {
+                            // The shared-memory transport: the grant goes out with its fds.
+                            return super::shm::grant(conn, id, msg, h.shm_ring_bytes);
+                        }
                         Ok(self.message_response(Opcode::HelloResponse, id, &msg))
                     }
                     None => {

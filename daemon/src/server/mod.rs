@@ -16,6 +16,7 @@ mod listen;
 mod notify;
 mod response;
 mod runtime;
+mod shm;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use buf::FrameBuf;
 pub use listen::{bind_tcp, bind_unix, group_id, TcpGroup};
 pub use runtime::{start, ServerHandle, StartError, Trigger};
+pub use shm::ShmConfig;
 
 use edgeinfer_proto::{ErrorCode, Limits};
 
@@ -128,6 +130,8 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Name sent in HELLO_RESPONSE.
     pub server_name: String,
+    /// The shared-memory transport (`[server.shm]`, docs/protocol.md §11).
+    pub shm: ShmConfig,
 }
 
 impl Default for ServerOptions {
@@ -149,6 +153,7 @@ impl Default for ServerOptions {
             allowed_gids: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             server_name: concat!("edgeinferd/", env!("CARGO_PKG_VERSION")).to_owned(),
+            shm: ShmConfig::default(),
         }
     }
 }
@@ -184,6 +189,11 @@ pub struct ServerStats {
     /// Requests run in several chunks of rows, and the chunks run.
     pub chunked_requests: AtomicU64,
     pub request_chunks: AtomicU64,
+    /// Shared-memory sessions open now (each holds one memfd with its two rings), granted
+    /// in all, and ended because the client broke the ring protocol.
+    pub shm_sessions_open: AtomicUsize,
+    pub shm_sessions_granted: AtomicU64,
+    pub shm_sessions_hostile: AtomicU64,
     /// ERROR frames sent, by wire code.
     pub errors_by_code: [AtomicU64; ERROR_CODE_SLOTS],
     pub cores: Vec<CoreStats>,
@@ -212,6 +222,9 @@ impl ServerStats {
             refused_before_data: AtomicU64::new(0),
             chunked_requests: AtomicU64::new(0),
             request_chunks: AtomicU64::new(0),
+            shm_sessions_open: AtomicUsize::new(0),
+            shm_sessions_granted: AtomicU64::new(0),
+            shm_sessions_hostile: AtomicU64::new(0),
             errors_by_code: Default::default(),
             cores: cpus
                 .iter()
