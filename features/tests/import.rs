@@ -251,3 +251,87 @@ fn truncated_or_malformed_parquet_writes_nothing() {
     assert_eq!(import(&s, &junk).unwrap_err().kind(), ErrorKind::Malformed);
     assert_eq!(entities(&s), 0);
 }
+
+/// A Parquet file of one row with the given flat columns: (name, physical type, value)
+/// where a value is text for BYTE_ARRAY columns and an integer for INT64 ones.
+fn write_parquet_columns(path: &Path, cols: &[(&str, &str, &str)]) {
+    let fields: Vec<String> = cols
+        .iter()
+        .map(|(name, ty, _)| match *ty {
+            "utf8" => format!("required binary {name} (UTF8);"),
+            _ => format!("required int64 {name};"),
+        })
+        .collect();
+    let schema =
+        Arc::new(parse_message_type(&format!("message m {{ {} }}", fields.join(" "))).unwrap());
+    let file = File::create(path).unwrap();
+    let props = Arc::new(WriterProperties::builder().build());
+    let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    for (_, ty, value) in cols {
+        let mut col = rg.next_column().unwrap().unwrap();
+        match *ty {
+            "utf8" => {
+                col.typed::<ByteArrayType>()
+                    .write_batch(&[ByteArray::from(*value)], None, None)
+                    .unwrap();
+            }
+            _ => {
+                col.typed::<Int64Type>()
+                    .write_batch(&[value.parse::<i64>().unwrap()], None, None)
+                    .unwrap();
+            }
+        }
+        col.close().unwrap();
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
+/// Parquet against the schema: a missing or unknown feature column fails the import with a
+/// schema error before any write; a feature column of a non-numeric type rejects its rows
+/// with the reason (wrong dtype), and nothing of them is written.
+#[test]
+fn parquet_schema_mismatch_and_wrong_column_types() {
+    let (d, s) = store();
+    let base = [
+        ("entity", "utf8", "a"),
+        ("event_ts_ms", "int64", "10"),
+        ("age", "int64", "3"),
+        ("score", "int64", "1"),
+        ("vip", "int64", "1"),
+    ];
+    let missing = d.path().join("missing.parquet");
+    write_parquet_columns(&missing, &base[..4]);
+    let e = import(&s, &missing).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Schema, "{e}");
+    assert!(e.to_string().contains("vip"), "{e}");
+    let mut extra = base.to_vec();
+    extra.push(("height", "int64", "180"));
+    let unknown = d.path().join("unknown.parquet");
+    write_parquet_columns(&unknown, &extra);
+    let e = import(&s, &unknown).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Schema, "{e}");
+    assert!(e.to_string().contains("height"), "{e}");
+    assert_eq!(entities(&s), 0);
+
+    let mut text = base.to_vec();
+    text[3] = ("score", "utf8", "high");
+    let wrong = d.path().join("wrong.parquet");
+    write_parquet_columns(&wrong, &text);
+    let r = import(&s, &wrong).unwrap();
+    assert_eq!((r.rows_read, r.written, r.rejected), (1, 0, 1));
+    assert!(
+        r.rejects[0].reason.contains("score") && r.rejects[0].reason.contains("not numeric"),
+        "{:?}",
+        r.rejects
+    );
+    // An int64 where the schema says bool, out of range: the row is rejected too.
+    let mut bad_bool = base.to_vec();
+    bad_bool[4] = ("vip", "int64", "7");
+    let p = d.path().join("bool.parquet");
+    write_parquet_columns(&p, &bad_bool);
+    let r = import(&s, &p).unwrap();
+    assert_eq!((r.written, r.rejected), (0, 1));
+    assert_eq!(entities(&s), 0);
+}
