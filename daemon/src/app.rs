@@ -241,7 +241,10 @@ impl Control {
         name: &str,
         serve: &edgeinfer_rollout::Serve,
     ) -> anyhow::Result<()> {
-        self.change(|next| Ok(slot_mut(next, name)?.serve(serve)?))
+        self.change(|next| Ok(slot_mut(next, name)?.serve(serve)?))?;
+        // Telemetry labels each version's latency, drift and accuracy with its arm.
+        crate::telemetry_glue::serve_arms(name, serve);
+        Ok(())
     }
 
     /// Unloads `name`@`version`. Requests already admitted on it finish; its sessions are

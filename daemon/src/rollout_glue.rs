@@ -5,10 +5,17 @@
 //! routing change: stable never left the table), is written to the bad-version record
 //! before this returns, and is reported as a `model_rolled_back` event with its evidence.
 //!
-//! What is judged here: error rate (engine errors and deadline misses, not the client's bad
-//! input) and p99 latency, from [`VersionStats`]. Accuracy and prediction drift per arm come
-//! from the telemetry crate's feedback join and drift counters; until those are wired per
-//! arm, [`RolloutGlue::window_with`] takes them from the caller.
+//! What is judged here, per arm (a version is in one arm at a time):
+//! - error rate (engine errors and deadline misses, not the client's bad input) and p99
+//!   latency, from the version's [`VersionStats`];
+//! - accuracy from feedback: the labels FEEDBACK joined to the version's logged
+//!   predictions in the window and how many it got right ([`telemetry_glue::quality`]);
+//! - prediction drift: PSI of the version's predictions in the window against its bundle's
+//!   output reference, from the same bins the drift windows count.
+//!
+//! The last two exist only with `[telemetry] enabled` (FEEDBACK and the drift counters are
+//! telemetry's); without it they are not judged. [`RolloutGlue::window_with`] lets a
+//! caller override them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +28,7 @@ use edgeinfer_rollout::{
 
 use crate::app::Control;
 use crate::model_table::{Outcome, VersionStats, LATENCY_BOUNDS_S};
+use crate::telemetry_glue::{self, VersionQuality};
 
 /// A version's counters when its window opened.
 #[derive(Debug, Clone, Default)]
@@ -28,14 +36,16 @@ struct Mark {
     requests: u64,
     errors: u64,
     latency: Vec<u64>,
+    quality: VersionQuality,
 }
 
 impl Mark {
-    fn of(s: &VersionStats) -> Mark {
+    fn of(model: &str, version: &str, s: &VersionStats) -> Mark {
         Mark {
             requests: s.total(),
             errors: version_errors(s),
             latency: s.latency.cumulative().0,
+            quality: telemetry_glue::quality(model, version).unwrap_or_default(),
         }
     }
 }
@@ -154,8 +164,10 @@ impl RolloutGlue {
         let snap = self.control.table().snapshot();
         if let Some(slot) = snap.models.get(model) {
             for v in &slot.versions {
-                self.marks
-                    .insert((model.to_owned(), v.version.clone()), Mark::of(&v.stats));
+                self.marks.insert(
+                    (model.to_owned(), v.version.clone()),
+                    Mark::of(model, &v.version, &v.stats),
+                );
             }
         }
     }
@@ -171,12 +183,18 @@ impl RolloutGlue {
             .find(|v| v.version == version)?;
         let key = (model.to_owned(), version.to_owned());
         let then = self.marks.get(&key).cloned().unwrap_or_default();
-        let now = Mark::of(&v.stats);
+        let now = Mark::of(model, version, &v.stats);
+        // Prediction drift is judged on no fewer rows than a window's requests, so a
+        // handful of predictions cannot make a PSI past the limit by chance.
+        let min_rows = self.device.config().min_requests;
+        let (q, was) = (&now.quality, &then.quality);
         Some(ArmWindow {
             requests: now.requests.saturating_sub(then.requests),
             errors: now.errors.saturating_sub(then.errors),
             p99_us: p99_us(&now.latency, &then.latency),
-            ..ArmWindow::default()
+            labelled: q.labelled.saturating_sub(was.labelled),
+            correct: q.correct.saturating_sub(was.correct),
+            prediction_psi: q.prediction_psi_since(was, min_rows),
         })
     }
 

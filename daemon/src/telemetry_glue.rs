@@ -37,8 +37,12 @@ use crate::config::Config;
 use crate::metrics::escape;
 use crate::model_table::ModelTable;
 
-/// A/B arm label until the rollout work names arms: the version serves as its own arm.
-const DEFAULT_ARM: &str = "default";
+/// A/B arm labels. A version is in one arm at a time: `stable` or `candidate` while a
+/// rollout directive names it ([`serve_arms`]), `default` otherwise. Static strings, so a
+/// core labels a request without allocating.
+pub const ARM_DEFAULT: &str = edgeinfer_telemetry::hub::DEFAULT_ARM;
+pub const ARM_STABLE: &str = "stable";
+pub const ARM_CANDIDATE: &str = "candidate";
 /// Prediction ids a core takes from the shared counter at once (one atomic per block).
 const ID_BLOCK: u64 = 4096;
 /// Rows of one request that go into the prediction log; FEEDBACK on later rows of a huge
@@ -63,10 +67,16 @@ enum Msg {
     Drift(Vec<(u32, DriftCounts)>),
     Predicted {
         ver: u32,
+        arm: &'static str,
         first_id: u64,
         ts_ms: u64,
         outputs: SmallVec<[f64; 4]>,
+        /// Row k's entity (PREDICT_BY_ENTITY), for FEEDBACK by entity; empty for PREDICT
+        /// (no allocation on that path).
+        entities: Vec<String>,
     },
+    /// A version's arm changed (a rollout decision was served).
+    Arm(u32, &'static str),
     Event(Event),
     /// A version installed while serving (registry), with what it is monitored against.
     Version(String, String, Box<ModelMonitoring>),
@@ -106,23 +116,82 @@ struct VersionEntry {
     model: String,
     version: String,
     reference: Option<Arc<ReferenceStats>>,
+    arm: &'static str,
 }
 
+/// What a core caches of one version: its index, reference and arm.
+type VersionInfo = (u32, Option<Arc<ReferenceStats>>, &'static str);
+
 /// The index of (model, version), interning it.
-fn version_index(model: &str, version: &str) -> (u32, Option<Arc<ReferenceStats>>) {
+fn version_index(model: &str, version: &str) -> VersionInfo {
     let mut v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = v
         .iter()
         .position(|e| e.model == model && e.version == version)
     {
-        return (i as u32, v[i].reference.clone());
+        return (i as u32, v[i].reference.clone(), v[i].arm);
     }
     v.push(VersionEntry {
         model: model.into(),
         version: version.into(),
         reference: None,
+        arm: ARM_DEFAULT,
     });
-    ((v.len() - 1) as u32, None)
+    ((v.len() - 1) as u32, None, ARM_DEFAULT)
+}
+
+/// Labels `model`'s versions with the arms `serve` puts them in (every other version of
+/// the model is `default` again). Called whenever a rollout decision is served; cores pick
+/// the labels up on their next request, the control thread labels drift and the log.
+pub fn serve_arms(model: &str, serve: &edgeinfer_rollout::Serve) {
+    use edgeinfer_rollout::Serve;
+    let named: SmallVec<[(&str, &'static str); 2]> = match serve {
+        Serve::Stable { version } => [(version.as_str(), ARM_STABLE)].into_iter().collect(),
+        Serve::Candidate { version } => [(version.as_str(), ARM_CANDIDATE)].into_iter().collect(),
+        Serve::Split {
+            stable, candidate, ..
+        } => [
+            (stable.as_str(), ARM_STABLE),
+            (candidate.as_str(), ARM_CANDIDATE),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    for (version, _) in &named {
+        version_index(model, version);
+    }
+    let mut changed: SmallVec<[(u32, &'static str); 4]> = SmallVec::new();
+    {
+        let mut v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, e) in v.iter_mut().enumerate().filter(|(_, e)| e.model == model) {
+            let arm = named
+                .iter()
+                .find(|n| n.0 == e.version)
+                .map_or(ARM_DEFAULT, |n| n.1);
+            if e.arm != arm {
+                e.arm = arm;
+                changed.push((i as u32, arm));
+            }
+        }
+    }
+    if changed.is_empty() {
+        return;
+    }
+    VERSIONS_GEN.fetch_add(1, Relaxed);
+    if let Some(tx) = SINK.get() {
+        for (i, arm) in changed {
+            // Rare and needed (drift messages are labelled by it): wait for room.
+            let _ = tx.send(Msg::Arm(i, arm));
+        }
+    }
+}
+
+/// The arm `model`@`version` serves in now.
+pub fn arm_of(model: &str, version: &str) -> &'static str {
+    let v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    v.iter()
+        .find(|e| e.model == model && e.version == version)
+        .map_or(ARM_DEFAULT, |e| e.arm)
 }
 
 fn version_names(i: u32) -> Option<(String, String)> {
@@ -134,7 +203,7 @@ fn version_names(i: u32) -> Option<(String, String)> {
 /// Gives a version its reference statistics (on install); cores pick it up on their next
 /// request for it.
 fn set_reference(model: &str, version: &str, r: Option<ReferenceStats>) {
-    let (i, _) = version_index(model, version);
+    let (i, _, _) = version_index(model, version);
     let mut v = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
     v[i as usize].reference = r.map(Arc::new);
     VERSIONS_GEN.fetch_add(1, Relaxed);
@@ -149,6 +218,7 @@ struct CoreVersion {
     idx: u32,
     reference: Option<Arc<ReferenceStats>>,
     counts: Option<DriftCounts>,
+    arm: &'static str,
 }
 
 struct CoreState {
@@ -167,7 +237,12 @@ impl CoreState {
         if g != self.gen {
             self.gen = g;
             for v in &mut self.versions {
-                let (_, r) = version_index(&v.model, &v.version);
+                let (_, r, arm) = version_index(&v.model, &v.version);
+                if v.arm != arm {
+                    // A window's bins belong to one arm: hand the old arm's over first.
+                    hand_over_drift(&self.tx, v);
+                    v.arm = arm;
+                }
                 if !same_ref(&v.reference, &r) {
                     hand_over_drift(&self.tx, v);
                     v.counts = r.as_deref().map(DriftCounts::for_reference);
@@ -182,13 +257,14 @@ impl CoreState {
         {
             Some(i) => i,
             None => {
-                let (idx, reference) = version_index(model, version);
+                let (idx, reference, arm) = version_index(model, version);
                 self.versions.push(CoreVersion {
                     model: model.into(),
                     version: version.into(),
                     idx,
                     counts: reference.as_deref().map(DriftCounts::for_reference),
                     reference,
+                    arm,
                 });
                 self.versions.len() - 1
             }
@@ -290,14 +366,17 @@ fn wall_ms() -> u64 {
 
 /// A request about to be answered: counts its rows into the version's drift bins (first
 /// input against the reference features, first output against the reference outputs),
-/// queues its rows for the prediction log, and returns the id of its first row (0 when
-/// telemetry is off). Called by the core that answers, before it encodes the answer.
+/// queues its rows for the prediction log with the version's arm (and, for
+/// PREDICT_BY_ENTITY, each row's entity key, so FEEDBACK can name an entity and a time),
+/// and returns the id of its first row (0 when telemetry is off). Called by the core that
+/// answers, before it encodes the answer.
 pub fn record_prediction(
     model: &str,
     version: &str,
     input: Option<&TensorView<'_>>,
     output: Option<&OutputTensor>,
     rows: usize,
+    entity_keys: Option<&[Vec<u8>]>,
 ) -> u64 {
     with_core(|st| {
         let rows = rows.max(1);
@@ -309,7 +388,7 @@ pub fn record_prediction(
             _ => f64::NAN,
         };
         let v = st.version(model, version);
-        let idx = v.idx;
+        let (idx, arm) = (v.idx, v.arm);
         if let (Some(r), Some(c)) = (v.reference.as_deref(), v.counts.as_mut()) {
             let in_width = input.map_or(0, |t| t.shape.iter().product::<usize>() / rows);
             for row in 0..rows {
@@ -320,14 +399,25 @@ pub fn record_prediction(
                 c.observe_with(r, in_at, |col| out_at(row, col));
             }
         }
-        let outputs = (0..rows.min(LOG_ROWS_MAX)).map(|r| out_at(r, 0)).collect();
+        let logged = rows.min(LOG_ROWS_MAX);
+        let outputs = (0..logged).map(|r| out_at(r, 0)).collect();
+        // A key that is not UTF-8 cannot be named by FEEDBACK's string entity: logged
+        // without one (its row is still joinable by id).
+        let entities = entity_keys.map_or_else(Vec::new, |keys| {
+            keys.iter()
+                .take(logged)
+                .map(|k| std::str::from_utf8(k).unwrap_or("").to_owned())
+                .collect()
+        });
         offer(
             &st.tx,
             Msg::Predicted {
                 ver: idx,
+                arm,
                 first_id,
                 ts_ms: wall_ms(),
                 outputs,
+                entities,
             },
         );
         first_id
@@ -338,10 +428,11 @@ pub fn record_prediction(
 /// A request answered: called by the core that answered it.
 pub fn record_ok(model: &str, version: &str, total: Duration, queue: Duration, compute: Duration) {
     with_core(|st| {
+        let arm = st.version(model, version).arm;
         st.rec.record_ok(
             model,
             version,
-            DEFAULT_ARM,
+            arm,
             total.as_micros() as u64,
             queue.as_micros() as u64,
             compute.as_micros() as u64,
@@ -352,8 +443,9 @@ pub fn record_ok(model: &str, version: &str, total: Duration, queue: Duration, c
 /// A request failed with wire error `code`.
 pub fn record_error(model: &str, version: &str, code: u32, total: Duration) {
     with_core(|st| {
+        let arm = st.version(model, version).arm;
         st.rec
-            .record_error(model, version, DEFAULT_ARM, code, total.as_micros() as u64)
+            .record_error(model, version, arm, code, total.as_micros() as u64)
     });
 }
 
@@ -437,6 +529,10 @@ pub fn monitoring_of_bundle(b: &edgeinfer_registry::release::bundle::Bundle) -> 
     ModelMonitoring {
         reference: (!empty).then_some(reference),
         baseline: b.baseline.primary,
+        // The signed bundle's accuracy window, not the box's config: the release decides
+        // how many labels make a window and what drop is a degradation for this version.
+        accuracy_window_labels: Some(b.thresholds.accuracy_window_labels),
+        accuracy_max_relative_drop: Some(b.thresholds.max_relative_drop),
     }
 }
 
@@ -444,11 +540,20 @@ pub fn monitoring_of_bundle(b: &edgeinfer_registry::release::bundle::Bundle) -> 
 /// [`monitoring_of_bundle`]): its drift windows and accuracy baseline start now.
 pub fn register_version(model: &str, version: &str, mon: ModelMonitoring) {
     set_reference(model, version, mon.reference.clone());
+    // Kept for [`start`]: a version restored or installed before telemetry starts (the
+    // registry comes up first) is monitored against its bundle all the same.
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((model.into(), version.into()), mon.clone());
     if let Some(tx) = SINK.get() {
         // From a control thread, rare and needed: wait for room rather than drop it.
         let _ = tx.send(Msg::Version(model.into(), version.into(), Box::new(mon)));
     }
 }
+
+/// What [`register_version`] was told, by (model, version).
+static REGISTERED: Mutex<BTreeMap<(String, String), ModelMonitoring>> = Mutex::new(BTreeMap::new());
 
 // === latency mirror for /metrics ===
 
@@ -467,7 +572,21 @@ pub fn write_metrics(out: &mut String) {
         );
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {}", DROPPED.load(Relaxed));
+        let name = "edgeinfer_feedback_unknown_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} FEEDBACK that named no logged prediction (answered UNKNOWN_REQUEST_ID), by how it named it."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (i, by) in ["id", "entity"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{by=\"{by}\"}} {}",
+                FEEDBACK_UNKNOWN[i].load(Relaxed)
+            );
+        }
     }
+    write_accuracy_metrics(out);
     let reports = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
     if reports.is_empty() {
         return;
@@ -509,6 +628,48 @@ pub fn write_metrics(out: &mut String) {
             escape(&r.arm),
             r.count
         );
+    }
+}
+
+/// The accuracy mirror: per (model, version, arm), the latest closed window's metric (as
+/// published on the accuracy topic) and its baseline.
+fn write_accuracy_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let last = LAST_ACCURACY.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_empty() {
+        return;
+    }
+    for (name, help) in [
+        (
+            "edgeinfer_telemetry_accuracy",
+            "Online accuracy metric of the last closed window of joined FEEDBACK labels.",
+        ),
+        (
+            "edgeinfer_telemetry_accuracy_baseline",
+            "The baseline the online accuracy window is judged against.",
+        ),
+        (
+            "edgeinfer_telemetry_accuracy_labels",
+            "Labels in the last closed online accuracy window.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for a in last.iter() {
+            let v = match name {
+                "edgeinfer_telemetry_accuracy" => a.value,
+                "edgeinfer_telemetry_accuracy_baseline" => a.baseline,
+                _ => a.labels as f64,
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{model=\"{}\",version=\"{}\",arm=\"{}\",metric=\"{}\"}} {v}",
+                escape(&a.model),
+                escape(&a.version),
+                escape(&a.arm),
+                a.metric
+            );
+        }
     }
 }
 
@@ -704,16 +865,34 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
         accuracy_max_relative_drop: t.accuracy_max_relative_drop,
     };
     let mut hub = Hub::new(topics, outbox.clone(), clock.clone(), settings);
+    let registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for v in table.snapshot().versions() {
+        let key = (v.name.clone(), v.version.clone());
+        // A `[[models]]` monitoring file, else what the registry registered (its bundle).
         let mon = monitoring
-            .remove(&(v.name.clone(), v.version.clone()))
+            .remove(&key)
+            .or_else(|| registered.get(&key).cloned())
             .unwrap_or_default();
         set_reference(&v.name, &v.version, mon.reference.clone());
-        hub.add_version(&v.name, &v.version, mon.reference, mon.baseline);
+        hub.add_monitored(&v.name, &v.version, mon);
+        hub.set_arm(&v.name, &v.version, arm_of(&v.name, &v.version));
     }
     let sparkplug = start_sparkplug(cfg, &pcfg, limits, clock.clone(), &table)?;
     let (tx, rx) = mpsc::sync_channel::<Msg>(CHANNEL);
     let _ = SINK.set(tx);
+    // Registered between the snapshot above and the sink: hand them over now.
+    let late: Vec<_> = REGISTERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(k, _)| !registered.contains_key(*k))
+        .map(|(k, m)| (k.clone(), m.clone()))
+        .collect();
+    if let Some(tx) = SINK.get() {
+        for ((m, v), mon) in late {
+            let _ = tx.send(Msg::Version(m, v, Box::new(mon)));
+        }
+    }
     // A fresh `online` after every CONNACK replaces the retained Last Will.
     let publisher = Publisher::spawn(
         pcfg,
@@ -844,12 +1023,135 @@ fn status(table: &ModelTable, outbox: &Outbox, started: Instant) -> Status {
 
 // === the control thread ===
 
+/// A prediction not yet written to the log.
+struct PendingRow {
+    ver: u32,
+    id: u64,
+    ts_ms: u64,
+    output: f64,
+    arm: &'static str,
+    entity: String,
+}
+
+/// What the rollout judge reads of one version, cumulative since it was first seen (the
+/// judge diffs two readings to get its window): labels joined by FEEDBACK and how many the
+/// version got right, and its predictions counted into its reference's output bins.
+#[derive(Debug, Clone, Default)]
+pub struct VersionQuality {
+    pub labelled: u64,
+    pub correct: u64,
+    /// Rows counted into `outputs`.
+    pub rows: u64,
+    /// Per reference output, its bin counts.
+    pub outputs: Vec<Vec<u64>>,
+    /// The reference the bins are of (`None`: the version has no output reference).
+    pub reference: Option<Arc<ReferenceStats>>,
+}
+
+impl VersionQuality {
+    /// PSI of the predictions between `then` and `self` (the larger over the reference's
+    /// outputs) against the reference, when at least `min_rows` were counted in between.
+    pub fn prediction_psi_since(&self, then: &VersionQuality, min_rows: u64) -> Option<f64> {
+        let r = self.reference.as_deref()?;
+        let same_bins = then
+            .reference
+            .as_ref()
+            .is_none_or(|t| self.reference.as_ref().is_some_and(|s| Arc::ptr_eq(s, t)));
+        let (then_rows, then_outputs) = if same_bins {
+            (then.rows, then.outputs.as_slice())
+        } else {
+            (0, &[][..])
+        };
+        let rows = self.rows.saturating_sub(then_rows);
+        if rows < min_rows.max(1) || r.outputs.is_empty() {
+            return None;
+        }
+        r.outputs
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let now = self.outputs.get(k).map_or(&[][..], Vec::as_slice);
+                let was = then_outputs.get(k).map_or(&[][..], Vec::as_slice);
+                let delta: Vec<u64> = (0..f.dist.bins())
+                    .map(|b| {
+                        now.get(b)
+                            .copied()
+                            .unwrap_or(0)
+                            .saturating_sub(was.get(b).copied().unwrap_or(0))
+                    })
+                    .collect();
+                f.evaluate(&delta).psi
+            })
+            .reduce(f64::max)
+    }
+}
+
+/// Per (model, version), what [`quality`] reads; written by the control thread only.
+static QUALITY: Mutex<BTreeMap<(String, String), VersionQuality>> = Mutex::new(BTreeMap::new());
+
+/// `model`@`version`'s cumulative labels and prediction bins (rollout judge); `None` before
+/// any were counted or with telemetry off.
+pub fn quality(model: &str, version: &str) -> Option<VersionQuality> {
+    let q = QUALITY.lock().unwrap_or_else(|e| e.into_inner());
+    q.get(&(model.to_owned(), version.to_owned())).cloned()
+}
+
+fn add_quality(model: &str, version: &str, f: impl FnOnce(&mut VersionQuality)) {
+    let mut q = QUALITY.lock().unwrap_or_else(|e| e.into_inner());
+    f(q.entry((model.to_owned(), version.to_owned())).or_default());
+}
+
+/// Counts a core's prediction bins for the judge (the output part of its drift counters).
+fn add_prediction_bins(model: &str, version: &str, c: &DriftCounts) {
+    let (_, reference, _) = version_index(model, version);
+    add_quality(model, version, |q| {
+        if !same_ref(&q.reference, &reference) {
+            // New reference, new bins: what was counted against the old one is not
+            // comparable (the judge restarts its window on it).
+            q.reference = reference;
+            q.rows = 0;
+            q.outputs.clear();
+        }
+        if q.reference.is_none() {
+            return;
+        }
+        q.rows += c.rows;
+        if q.outputs.len() < c.outputs.len() {
+            q.outputs.resize(c.outputs.len(), Vec::new());
+        }
+        for (acc, bins) in q.outputs.iter_mut().zip(&c.outputs) {
+            if acc.len() < bins.len() {
+                acc.resize(bins.len(), 0);
+            }
+            for (a, b) in acc.iter_mut().zip(bins) {
+                *a += b;
+            }
+        }
+    });
+}
+
+/// Per (model, version, arm), the latest closed accuracy window, for `/metrics`.
+static LAST_ACCURACY: Mutex<Vec<AccuracyMirror>> = Mutex::new(Vec::new());
+
+struct AccuracyMirror {
+    model: String,
+    version: String,
+    arm: String,
+    metric: &'static str,
+    value: f64,
+    baseline: f64,
+    labels: u64,
+}
+
+/// FEEDBACK that named no logged prediction, by how it named it (`id`, `entity`).
+static FEEDBACK_UNKNOWN: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
 struct Control {
     hub: Hub,
     gpu: Box<dyn GpuSource>,
     predlog: PredictionLog,
-    /// Predictions not yet written to the log: (version index, id, time, output).
-    pending: Vec<(u32, u64, u64, f64)>,
+    /// Predictions not yet written to the log.
+    pending: Vec<PendingRow>,
     /// Names of the version indices seen (a copy, so a flush takes no lock).
     names: Vec<Option<(String, String)>>,
     last_flush: Instant,
@@ -942,31 +1244,48 @@ impl Control {
                 for (i, c) in d {
                     if let Some((m, v)) = version_names(i) {
                         self.hub.add_drift(&m, &v, &c);
+                        add_prediction_bins(&m, &v, &c);
                     }
                 }
             }
             Msg::Predicted {
                 ver,
+                arm,
                 first_id,
                 ts_ms,
                 outputs,
+                mut entities,
             } => {
                 let i = ver as usize;
                 if self.names.get(i).is_none_or(Option::is_none) {
                     self.names.resize(self.names.len().max(i + 1), None);
                     self.names[i] = version_names(ver);
                 }
-                for (k, output) in outputs.into_iter().enumerate() {
-                    self.pending.push((ver, first_id + k as u64, ts_ms, output));
+                entities.resize(outputs.len(), String::new());
+                for (k, (output, entity)) in outputs.into_iter().zip(entities).enumerate() {
+                    self.pending.push(PendingRow {
+                        ver,
+                        id: first_id + k as u64,
+                        ts_ms,
+                        output,
+                        arm,
+                        entity,
+                    });
                 }
             }
             Msg::Event(ev) => report(self.hub.emit(ev)),
             Msg::Version(m, v, mon) => {
-                let mon = *mon;
+                let arm = arm_of(&m, &v);
                 if let Some((feed, _)) = &self.sparkplug {
                     feed.add_device(&m);
                 }
-                self.hub.add_version(&m, &v, mon.reference, mon.baseline);
+                self.hub.add_monitored(&m, &v, *mon);
+                self.hub.set_arm(&m, &v, arm);
+            }
+            Msg::Arm(ver, arm) => {
+                if let Some((m, v)) = version_names(ver) {
+                    self.hub.set_arm(&m, &v, arm);
+                }
             }
             Msg::Feedback(req, reply) => {
                 let answer = self.join(&req);
@@ -982,21 +1301,21 @@ impl Control {
             return;
         }
         // In id order, LMDB's inserts walk the B-tree's right edge (cores' blocks interleave).
-        self.pending.sort_unstable_by_key(|p| p.1);
+        self.pending.sort_unstable_by_key(|p| p.id);
         let names = &self.names;
         let rows: Vec<LogRow<'_>> = self
             .pending
             .iter()
-            .filter_map(|&(ver, id, ts_ms, output)| {
-                let (model, version) = names.get(ver as usize)?.as_ref()?;
+            .filter_map(|p| {
+                let (model, version) = names.get(p.ver as usize)?.as_ref()?;
                 Some(LogRow {
-                    id,
-                    ts_ms,
+                    id: p.id,
+                    ts_ms: p.ts_ms,
                     model,
                     version,
-                    arm: DEFAULT_ARM,
-                    entity: "",
-                    output,
+                    arm: p.arm,
+                    entity: &p.entity,
+                    output: p.output,
                 })
             })
             .collect();
@@ -1024,7 +1343,11 @@ impl Control {
         };
         let rec = self.predlog.lookup(&key).map_err(|e| {
             let code = match e.kind() {
-                ErrorKind::UnknownRequestId => ErrorCode::UnknownRequestId,
+                ErrorKind::UnknownRequestId => {
+                    let by = matches!(key, FeedbackKey::Entity { .. }) as usize;
+                    FEEDBACK_UNKNOWN[by].fetch_add(1, Relaxed);
+                    ErrorCode::UnknownRequestId
+                }
                 ErrorKind::InvalidInput => ErrorCode::BadInput,
                 _ => ErrorCode::Internal,
             };
@@ -1045,6 +1368,31 @@ impl Control {
             .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         if let (Some((feed, _)), Some(r)) = (&self.sparkplug, &outcome.report) {
             report(feed.accuracy(&rec.model, &rec.version, &rec.arm, r));
+        }
+        // Right = the same class (the accuracy metric's rule), for the rollout judge.
+        let right = rec.output.round() == req.label.round();
+        add_quality(&rec.model, &rec.version, |q| {
+            q.labelled += 1;
+            q.correct += right as u64;
+        });
+        if let Some(r) = outcome.report {
+            let mut last = LAST_ACCURACY.lock().unwrap_or_else(|e| e.into_inner());
+            let m = AccuracyMirror {
+                model: rec.model.clone(),
+                version: rec.version.clone(),
+                arm: rec.arm.clone(),
+                metric: r.metric.as_str(),
+                value: r.value,
+                baseline: r.baseline,
+                labels: r.labels,
+            };
+            let same = |o: &&mut AccuracyMirror| {
+                (&o.model, &o.version, &o.arm) == (&m.model, &m.version, &m.arm)
+            };
+            match last.iter_mut().find(same) {
+                Some(o) => *o = m,
+                None => last.push(m),
+            }
         }
         Ok(FeedbackResponse {
             prediction_id: rec.id,
@@ -1073,7 +1421,8 @@ mod tests {
             "schema_version": 1, "name": "churn", "version": "2",
             "model": {"file": "model.onnx", "sha256": "00", "inputs": [], "outputs": []},
             "reference": {"features": [FeatureRef::numeric_from_samples("x", 0, &samples), own]},
-            "thresholds": {"drift": {"psi_warn": 0.05, "psi_alert": 0.07, "js_alert": 0.06, "linf_alert": 0.1}},
+            "thresholds": {"drift": {"psi_warn": 0.05, "psi_alert": 0.07, "js_alert": 0.06, "linf_alert": 0.1},
+                "accuracy_window_labels": 250, "max_relative_drop": 0.1},
             "baseline": {"metrics": {"accuracy": 0.93}, "primary": {"metric": "accuracy", "value": 0.93}},
             "golden": [],
             "lineage": {"source": "x.onnx", "created": "2026-12-01T00:00:00Z", "tool": "t"}
@@ -1092,13 +1441,56 @@ mod tests {
             "its own kept"
         );
         assert_eq!(m.baseline.unwrap().value, 0.93);
+        // The accuracy window is the bundle's, not the config's.
+        assert_eq!(m.accuracy_window_labels, Some(250));
+        assert_eq!(m.accuracy_max_relative_drop, Some(0.1));
         let empty: edgeinfer_registry::release::bundle::Bundle = serde_json::from_value(
             serde_json::json!({"schema_version": 1, "name": "a", "version": "1",
                 "model": {"file": "m", "sha256": "00", "inputs": [], "outputs": []}, "golden": [],
                 "lineage": {"source": "s", "created": "c", "tool": "t"}}),
         )
         .unwrap();
-        assert_eq!(monitoring_of_bundle(&empty), ModelMonitoring::default());
+        let m = monitoring_of_bundle(&empty);
+        assert_eq!((m.reference, m.baseline), (None, None));
+        // A bundle that names no window still carries the release defaults.
+        assert_eq!(m.accuracy_window_labels, Some(1000));
+    }
+
+    #[test]
+    fn prediction_psi_is_of_the_rows_between_two_readings() {
+        use edgeinfer_telemetry::drift::FeatureRef;
+        let reference = Arc::new(ReferenceStats {
+            features: vec![],
+            outputs: vec![FeatureRef::categorical_from_samples(
+                "label",
+                0,
+                &[0, 0, 1, 1],
+                2,
+            )],
+        });
+        let reading = |rows: u64, zeros: u64| VersionQuality {
+            rows,
+            outputs: vec![vec![zeros, rows - zeros, 0]],
+            reference: Some(reference.clone()),
+            ..VersionQuality::default()
+        };
+        // 1,000 balanced rows, then 400 more of one class only.
+        let then = reading(1000, 500);
+        let now = reading(1400, 900);
+        let psi = now.prediction_psi_since(&then, 100).unwrap();
+        assert!(psi > 1.0, "one class against a balanced reference: {psi}");
+        let balanced = reading(1400, 700).prediction_psi_since(&then, 100).unwrap();
+        assert!(balanced < 0.01, "{balanced}");
+        assert_eq!(now.prediction_psi_since(&then, 500), None, "too few rows");
+        // A new reference: the earlier bins do not count against it.
+        let mut other = then.clone();
+        other.reference = Some(Arc::new((*reference).clone()));
+        let fresh = now.prediction_psi_since(&other, 100).unwrap();
+        assert!(fresh < psi, "all 1,400 rows: {fresh}");
+        assert_eq!(
+            VersionQuality::default().prediction_psi_since(&then, 1),
+            None
+        );
     }
 
     #[test]

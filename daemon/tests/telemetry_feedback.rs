@@ -27,6 +27,7 @@ fn ten_percent_wrong_labels_against_a_095_baseline_raise_the_accuracy_alert() {
             metric: Metric::Accuracy,
             value: 0.95,
         }),
+        ..ModelMonitoring::default()
     };
     let b = start(&mon, "interval_s = 1\naccuracy_window_labels = 500");
     let mut c = b.client();
@@ -92,12 +93,15 @@ fn ten_percent_wrong_labels_against_a_095_baseline_raise_the_accuracy_alert() {
             sample(&b.metrics(), series).filter(|&v| v > 0.0)
         },
     );
-    let published = b.payloads("latency");
-    assert!(
-        published
-            .iter()
-            .any(|l| l["model"] == "churn" && l["p99_us"].as_u64() > Some(0)),
-        "{published:?}"
+    // The topic's copy may reach the consumer a moment after the mirror is updated.
+    wait_for(
+        "a latency message",
+        std::time::Duration::from_secs(30),
+        || {
+            b.payloads("latency")
+                .into_iter()
+                .find(|l| l["model"] == "churn" && l["p99_us"].as_u64() > Some(0))
+        },
     );
 }
 

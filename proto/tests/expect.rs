@@ -130,6 +130,33 @@ fn example_feedback_response() -> Vec<u8> {
     out
 }
 
+/// FEEDBACK by entity: the true label 1 for `user-42`'s latest prediction at or before a time.
+fn example_feedback_by_entity() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = FeedbackRequest {
+        entity: "user-42".into(),
+        timestamp_ms: 1_764_579_600_000,
+        label: 1.0,
+        ..Default::default()
+    };
+    encode_message(Opcode::Feedback, 8, &msg, &mut out).unwrap();
+    out
+}
+
+/// Its answer: row 1 of a PREDICT_BY_ENTITY that the candidate arm served.
+fn example_feedback_by_entity_response() -> Vec<u8> {
+    let mut out = Vec::new();
+    let msg = FeedbackResponse {
+        prediction_id: 301,
+        model: "churn".into(),
+        version: "2".into(),
+        arm: "candidate".into(),
+        predicted: 0.0,
+    };
+    encode_message(Opcode::FeedbackResponse, 8, &msg, &mut out).unwrap();
+    out
+}
+
 /// FEEDBACK for a prediction the log does not hold.
 fn example_unknown_request_id() -> Vec<u8> {
     let mut out = Vec::new();
@@ -201,6 +228,11 @@ fn protocol_doc_examples_match_the_encoder() {
         ("feedback-frame", example_feedback()),
         ("feedback-response-frame", example_feedback_response()),
         ("unknown-request-id-frame", example_unknown_request_id()),
+        ("feedback-entity-frame", example_feedback_by_entity()),
+        (
+            "feedback-entity-response-frame",
+            example_feedback_by_entity_response(),
+        ),
     ] {
         // The examples must themselves be valid frames.
         let f = decode_frame(&frame).unwrap();

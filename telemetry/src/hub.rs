@@ -15,6 +15,7 @@ use crate::events::Event;
 use crate::gpu::{self, GpuHealth, GpuSample, HealthPolicy, Transition};
 use crate::latency::{LatencyAggregator, LatencyReport, Series};
 use crate::messages::{AccuracyMessage, DriftMessage, GpuMessage, Status, Topics};
+use crate::monitoring::ModelMonitoring;
 use crate::outbox::{NewMessage, Outbox};
 
 /// Windows of one model version.
@@ -22,7 +23,17 @@ struct VersionState {
     drift: Option<DriftWindow>,
     baseline: Option<Baseline>,
     accuracy: BTreeMap<String, AccuracyWindow>,
+    /// Labels per accuracy window and the alerting drop: the version's own (its bundle's)
+    /// where it has them, else the settings'.
+    accuracy_labels: u64,
+    accuracy_drop: f64,
+    /// The A/B arm the version serves in now (`default` outside a rollout): a version is in
+    /// one arm at a time, so its drift window is that arm's.
+    arm: String,
 }
+
+/// The arm of a version that is not in an in-device A/B split.
+pub const DEFAULT_ARM: &str = "default";
 
 /// Settings of the windows.
 #[derive(Debug, Clone, Copy)]
@@ -133,17 +144,64 @@ impl Hub {
         reference: Option<ReferenceStats>,
         baseline: Option<Baseline>,
     ) {
-        let now = self.clock.now_ms();
-        let s = &self.settings;
-        self.versions.insert(
-            (model.into(), version.into()),
-            VersionState {
-                drift: reference
-                    .map(|r| DriftWindow::new(r, s.drift_window_rows, s.interval_ms, now)),
+        self.add_monitored(
+            model,
+            version,
+            ModelMonitoring {
+                reference,
                 baseline,
-                accuracy: BTreeMap::new(),
+                ..ModelMonitoring::default()
             },
         );
+    }
+
+    /// [`Hub::add_version`] with everything `mon` carries, its own accuracy window included
+    /// (a bundle's thresholds over the settings'). The arm a re-registered version served
+    /// in is kept.
+    pub fn add_monitored(&mut self, model: &str, version: &str, mon: ModelMonitoring) {
+        let now = self.clock.now_ms();
+        let s = &self.settings;
+        let key = (model.to_owned(), version.to_owned());
+        let arm = self
+            .versions
+            .get(&key)
+            .map_or_else(|| DEFAULT_ARM.to_owned(), |v| v.arm.clone());
+        self.versions.insert(
+            key,
+            VersionState {
+                drift: mon
+                    .reference
+                    .map(|r| DriftWindow::new(r, s.drift_window_rows, s.interval_ms, now)),
+                baseline: mon.baseline,
+                accuracy: BTreeMap::new(),
+                accuracy_labels: mon
+                    .accuracy_window_labels
+                    .unwrap_or(s.accuracy_window_labels),
+                accuracy_drop: mon
+                    .accuracy_max_relative_drop
+                    .unwrap_or(s.accuracy_max_relative_drop),
+                arm,
+            },
+        );
+    }
+
+    /// Names the arm `version` serves in from now on; its drift messages carry it.
+    pub fn set_arm(&mut self, model: &str, version: &str, arm: &str) {
+        if let Some(v) = self
+            .versions
+            .get_mut(&(model.to_owned(), version.to_owned()))
+        {
+            if v.arm != arm {
+                v.arm = arm.to_owned();
+            }
+        }
+    }
+
+    /// The labels per accuracy window and the alerting drop `version` is judged with.
+    pub fn accuracy_window(&self, model: &str, version: &str) -> Option<(u64, f64)> {
+        self.versions
+            .get(&(model.to_owned(), version.to_owned()))
+            .map(|v| (v.accuracy_labels, v.accuracy_drop))
     }
 
     pub fn remove_version(&mut self, model: &str, version: &str) {
@@ -192,6 +250,7 @@ impl Hub {
                 let body = DriftMessage {
                     model: m,
                     version: v,
+                    arm: &st.arm,
                     report: &rep,
                 };
                 batch.push(self.topics.message("drift", &body, Some(m), Some(v)));
@@ -221,7 +280,6 @@ impl Hub {
         predicted: f64,
         truth: f64,
     ) -> Result<FeedbackOutcome> {
-        let s = self.settings;
         let Some(st) = self
             .versions
             .get_mut(&(model.to_owned(), version.to_owned()))
@@ -231,9 +289,11 @@ impl Hub {
         let Some(b) = st.baseline else {
             return Ok(FeedbackOutcome { report: None });
         };
-        let w = st.accuracy.entry(arm.to_owned()).or_insert_with(|| {
-            AccuracyWindow::new(b, s.accuracy_window_labels, s.accuracy_max_relative_drop)
-        });
+        let (labels, drop) = (st.accuracy_labels, st.accuracy_drop);
+        let w = st
+            .accuracy
+            .entry(arm.to_owned())
+            .or_insert_with(|| AccuracyWindow::new(b, labels, drop));
         let Some(rep) = w.observe(predicted, truth) else {
             return Ok(FeedbackOutcome { report: None });
         };

@@ -106,6 +106,8 @@ pub struct OutboxState {
 pub struct DriftMessage<'a> {
     pub model: &'a str,
     pub version: &'a str,
+    /// The A/B arm the version served in when the window closed.
+    pub arm: &'a str,
     #[serde(flatten)]
     pub report: &'a crate::drift::DriftReport,
 }

@@ -1,7 +1,8 @@
-//! What a model version is monitored against: its reference statistics (drift) and its
-//! release baseline (online accuracy). The signed bundle will carry these; until it lands
-//! the daemon reads them from a JSON file named by the model's config, into this same type,
-//! so the drift and accuracy code never learns where they came from.
+//! What a model version is monitored against: its reference statistics (drift), its
+//! release baseline and its accuracy window (online accuracy). A registry-installed version
+//! takes them from its signed bundle; a `[[models]]` entry from a JSON file named by its
+//! config, into this same type, so the drift and accuracy code never learns where they came
+//! from.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,14 @@ pub struct ModelMonitoring {
     pub reference: Option<ReferenceStats>,
     #[serde(default)]
     pub baseline: Option<Baseline>,
+    /// Labels per online-accuracy window of this version (a bundle's
+    /// `thresholds.accuracy_window_labels`); absent = `[telemetry] accuracy_window_labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_window_labels: Option<u64>,
+    /// The relative drop past which this version's accuracy window alerts (a bundle's
+    /// `thresholds.max_relative_drop`); absent = `[telemetry] accuracy_max_relative_drop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_max_relative_drop: Option<f64>,
 }
 
 impl ModelMonitoring {
@@ -52,6 +61,16 @@ impl ModelMonitoring {
                         }
                     }
                 }
+            }
+        }
+        if self.accuracy_window_labels == Some(0) {
+            return bad("monitoring: accuracy_window_labels must be at least 1".into());
+        }
+        if let Some(d) = self.accuracy_max_relative_drop {
+            if !d.is_finite() || !(0.0..1.0).contains(&d) {
+                return bad(format!(
+                    "monitoring: accuracy_max_relative_drop {d} must be a fraction in 0 ..< 1"
+                ));
             }
         }
         if let Some(b) = &self.baseline {
@@ -100,6 +119,8 @@ mod tests {
                 metric: crate::accuracy::Metric::Accuracy,
                 value: 0.95,
             }),
+            accuracy_window_labels: Some(300),
+            accuracy_max_relative_drop: Some(0.1),
         };
         let j = serde_json::to_vec(&m).unwrap();
         assert_eq!(ModelMonitoring::from_json(&j).unwrap(), m);
@@ -116,6 +137,10 @@ mod tests {
         let e = ModelMonitoring::from_json(br#"{"baseline": {"metric": "mae", "value": -1}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("baseline"), "{e}");
+        let e = ModelMonitoring::from_json(br#"{"accuracy_window_labels": 0}"#).unwrap_err();
+        assert!(e.to_string().contains("accuracy_window_labels"), "{e}");
+        let e = ModelMonitoring::from_json(br#"{"accuracy_max_relative_drop": 1.5}"#).unwrap_err();
+        assert!(e.to_string().contains("accuracy_max_relative_drop"), "{e}");
         assert_eq!(
             ModelMonitoring::from_json(b"{}").unwrap(),
             ModelMonitoring::default()

@@ -89,9 +89,17 @@ pub(crate) struct EntityJob {
     shape: [usize; 2],
     reports: Vec<RowReport>,
     schema_version: u32,
+    /// The request's entity keys, row by row: the prediction log keeps them so that a
+    /// FEEDBACK can name an entity and a time (telemetry_glue::record_prediction).
+    keys: Vec<Vec<u8>>,
 }
 
 impl EntityJob {
+    /// Row k's entity key.
+    pub fn keys(&self) -> &[Vec<u8>] {
+        &self.keys
+    }
+
     /// The feature input, as the engine takes it.
     pub fn input(&self) -> TensorView<'_> {
         TensorView {
@@ -565,6 +573,7 @@ fn check(
         shape: [rows, a.width()],
         reports: Vec::new(),
         schema_version: schema.version,
+        keys: Vec::new(),
     };
     with_reader(f, now, |txn| {
         a.assemble(
@@ -578,6 +587,8 @@ fn check(
         )
     })
     .map_err(|e| fail(refusal_of(&e)))?;
+    drop(keys);
+    job.keys = req.keys;
     // The NaN policy is the engine's: a schema may allow NaN that the engine refuses.
     validate_inputs(info, &[job.input()], true).map_err(|e| bad(e.message))?;
     let deadline = (req.deadline_us > 0).then(|| now + Duration::from_micros(req.deadline_us));

@@ -119,7 +119,7 @@ pub fn normal_reference(n: usize) -> ModelMonitoring {
             features,
             outputs: vec![],
         }),
-        baseline: None,
+        ..ModelMonitoring::default()
     }
 }
 
