@@ -389,7 +389,8 @@ fn the_judge_rolls_back_on_feedback_accuracy_and_prediction_drift_but_not_a_heal
     let cfg = Config::from_toml_str(&text).unwrap();
     cfg.validate().unwrap();
 
-    // The daemon in-process: cores, telemetry, then the registry agent and its windows.
+    // The daemon in-process, in `main`'s order: cores, the registry agent and its windows,
+    // then telemetry.
     std::fs::create_dir_all(&cfg.state_dir).unwrap();
     let mode = Arc::new(Mode {
         now: AtomicU8::new(HEALTHY),
@@ -404,9 +405,6 @@ fn the_judge_rolls_back_on_feedback_accuracy_and_prediction_drift_but_not_a_heal
         tcp: vec![],
     };
     let app = App::start(cfg.server_options(), table.clone(), listeners).expect("start app");
-    let telemetry = edgeinferd::telemetry_glue::start(&cfg, table.clone())
-        .unwrap()
-        .expect("telemetry on");
     let now = clock();
     let registry = registry_glue::start_with(
         &cfg,
@@ -417,6 +415,11 @@ fn the_judge_rolls_back_on_feedback_accuracy_and_prediction_drift_but_not_a_heal
     .unwrap()
     .expect("registry enabled");
     assert!(registry.wait_first_poll(WAIT), "first poll");
+    // Telemetry last, as `main` starts it: the versions the first poll installed (and their
+    // arms) were registered before it ran, and are monitored from their bundles all the same.
+    let telemetry = edgeinferd::telemetry_glue::start(&cfg, table.clone())
+        .unwrap()
+        .expect("telemetry on");
     let snap = table.snapshot();
     let loaded: Vec<&str> = snap.models["churn"]
         .versions
