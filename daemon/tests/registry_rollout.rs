@@ -9,6 +9,7 @@
 //! candidate is the real churn release, validated on its golden samples, then wrapped
 //! (`registry_glue::start_with`'s hook) in sessions that fail on command.
 
+mod fault_support;
 mod registry_support;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use edgeinfer_client::blocking::Client;
 use edgeinfer_client::{Endpoint, PredictOptions};
-use edgeinfer_engine::{EngineError, ErrorKind, Model, Outputs, Session, SessionFactory};
+use edgeinfer_engine::{EngineError, ErrorKind, Model};
 use edgeinfer_registry::agent::AgentEvent;
 use edgeinfer_registry::install::InstallStore;
 use edgeinfer_rollout::{BadRecord, Canary, Candidate, InDeviceSplit, RolloutDirective};
@@ -31,61 +32,24 @@ use registry_support::*;
 
 const DEVICE: &str = "edge-rollout-7";
 
-/// Sessions of a real model that fail while the switch is on.
-struct Faulty {
-    inner: Model,
-    failing: Arc<AtomicBool>,
-}
+/// Sessions fail while the switch is on.
+struct Failing(Arc<AtomicBool>);
 
-struct FaultySession {
-    inner: Box<dyn Session>,
-    failing: Arc<AtomicBool>,
-}
-
-impl SessionFactory for Faulty {
-    fn new_session(&self) -> edgeinfer_engine::Result<Box<dyn Session>> {
-        Ok(Box::new(FaultySession {
-            inner: self.inner.new_session()?,
-            failing: self.failing.clone(),
-        }))
+impl fault_support::Fault for Failing {
+    fn before(&self) -> Option<EngineError> {
+        self.0
+            .load(Relaxed)
+            .then(|| EngineError::new(ErrorKind::Runtime, "injected failure"))
     }
 }
 
-impl Session for FaultySession {
-    fn info(&self) -> &edgeinfer_engine::ModelInfo {
-        self.inner.info()
-    }
-
-    fn backend(&self) -> edgeinfer_engine::Backend {
-        self.inner.backend()
-    }
-
-    fn run(
-        &mut self,
-        inputs: &[edgeinfer_engine::TensorView<'_>],
-        out: &mut Outputs,
-    ) -> edgeinfer_engine::Result<()> {
-        if self.failing.load(Relaxed) {
-            return Err(EngineError::new(ErrorKind::Runtime, "injected failure"));
-        }
-        self.inner.run(inputs, out)
-    }
-}
-
-/// Wraps churn version 2 (the candidate) in [`Faulty`].
+/// Wraps churn version 2 (the candidate) in [`Failing`] sessions.
 fn hook(failing: Arc<AtomicBool>) -> ModelHook {
     Arc::new(move |_model: &str, version: &str, m: Model| {
         if version != "2" {
             return m;
         }
-        Model::new(
-            m.info.clone(),
-            m.report.clone(),
-            Arc::new(Faulty {
-                inner: m,
-                failing: failing.clone(),
-            }),
-        )
+        fault_support::faulty(m, Arc::new(Failing(failing.clone())))
     })
 }
 

@@ -16,6 +16,7 @@
 //!
 //! One test: telemetry is one per process (its control thread and data-path sink).
 
+mod fault_support;
 #[path = "../../telemetry/tests/support/mod.rs"]
 mod mqtt;
 mod registry_support;
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use edgeinfer_client::blocking::Client;
 use edgeinfer_client::{Endpoint, PredictOptions};
-use edgeinfer_engine::{EngineChoice, LoadOptions, Model, Outputs, Session, SessionFactory};
+use edgeinfer_engine::{EngineChoice, LoadOptions, Model, Outputs};
 use edgeinfer_proto::{
     decode_message, decode_predict_response, encode_message, ErrorResponse, FeedbackRequest,
     FeedbackResponse, Opcode,
@@ -58,42 +59,10 @@ struct Mode {
     constant: AtomicU64,
 }
 
-struct Faulty {
-    inner: Model,
-    mode: Arc<Mode>,
-}
-
-struct FaultySession {
-    inner: Box<dyn Session>,
-    mode: Arc<Mode>,
-}
-
-impl SessionFactory for Faulty {
-    fn new_session(&self) -> edgeinfer_engine::Result<Box<dyn Session>> {
-        Ok(Box::new(FaultySession {
-            inner: self.inner.new_session()?,
-            mode: self.mode.clone(),
-        }))
-    }
-}
-
-impl Session for FaultySession {
-    fn info(&self) -> &edgeinfer_engine::ModelInfo {
-        self.inner.info()
-    }
-
-    fn backend(&self) -> edgeinfer_engine::Backend {
-        self.inner.backend()
-    }
-
-    fn run(
-        &mut self,
-        inputs: &[edgeinfer_engine::TensorView<'_>],
-        out: &mut Outputs,
-    ) -> edgeinfer_engine::Result<()> {
-        self.inner.run(inputs, out)?;
-        let mode = self.mode.now.load(Relaxed);
-        let constant = self.mode.constant.load(Relaxed) as i64;
+impl fault_support::Fault for Mode {
+    fn after(&self, out: &mut Outputs) {
+        let mode = self.now.load(Relaxed);
+        let constant = self.constant.load(Relaxed) as i64;
         if let Some(t) = out.tensors.iter_mut().find(|t| t.name == "label") {
             for b in t.data.chunks_exact_mut(8) {
                 let l = i64::from_le_bytes(b.try_into().unwrap());
@@ -105,7 +74,6 @@ impl Session for FaultySession {
                 b.copy_from_slice(&l.to_le_bytes());
             }
         }
-        Ok(())
     }
 }
 
@@ -114,14 +82,7 @@ fn hook(mode: Arc<Mode>) -> ModelHook {
         if version != "2" {
             return m;
         }
-        Model::new(
-            m.info.clone(),
-            m.report.clone(),
-            Arc::new(Faulty {
-                inner: m,
-                mode: mode.clone(),
-            }),
-        )
+        fault_support::faulty(m, mode.clone())
     })
 }
 

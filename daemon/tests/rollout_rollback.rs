@@ -4,8 +4,9 @@
 //! recorded as bad on disk, and not retried after a restart under the same directive.
 //!
 //! The fault is injected at the engine boundary: the candidate is the real churn fixture on
-//! tract, behind a session factory whose sessions can be told to fail or to sleep.
+//! tract, behind fault_support's sessions, told to fail or to sleep.
 
+mod fault_support;
 mod serve_support;
 
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -14,10 +15,7 @@ use std::time::Duration;
 
 use edgeinfer_client::blocking::Client;
 use edgeinfer_client::PredictOptions;
-use edgeinfer_engine::{
-    EngineChoice, EngineError, ErrorKind, LoadOptions, Model, Outputs, Session, SessionFactory,
-    TensorView,
-};
+use edgeinfer_engine::{EngineChoice, EngineError, ErrorKind, LoadOptions, Model};
 use edgeinfer_rollout::{BadRecord, Baseline, Failure, RolloutConfig, Serve, Verdict};
 use edgeinferd::app::ModelSpec;
 use edgeinferd::model_table::ServingConfig;
@@ -36,46 +34,17 @@ const DIRECTIVE: &str = r#"{"model": "churn", "stable": "3",
 
 /// Real tract sessions of the churn fixture that obey a shared switch (slow = 20 ms more,
 /// far past 1.5 × any stable p99 on a loaded box).
-struct Faulty {
-    inner: Model,
-    mode: Arc<AtomicU8>,
-}
+struct Switch(Arc<AtomicU8>);
 
-struct FaultySession {
-    inner: Box<dyn Session>,
-    mode: Arc<AtomicU8>,
-}
-
-impl SessionFactory for Faulty {
-    fn new_session(&self) -> edgeinfer_engine::Result<Box<dyn Session>> {
-        Ok(Box::new(FaultySession {
-            inner: self.inner.new_session()?,
-            mode: self.mode.clone(),
-        }))
-    }
-}
-
-impl Session for FaultySession {
-    fn info(&self) -> &edgeinfer_engine::ModelInfo {
-        self.inner.info()
-    }
-
-    fn backend(&self) -> edgeinfer_engine::Backend {
-        self.inner.backend()
-    }
-
-    fn run(
-        &mut self,
-        inputs: &[TensorView<'_>],
-        out: &mut Outputs,
-    ) -> edgeinfer_engine::Result<()> {
-        match self.mode.load(Relaxed) {
-            FAILING => Err(EngineError::new(ErrorKind::Runtime, "injected failure")),
+impl fault_support::Fault for Switch {
+    fn before(&self) -> Option<EngineError> {
+        match self.0.load(Relaxed) {
+            FAILING => Some(EngineError::new(ErrorKind::Runtime, "injected failure")),
             SLOW => {
                 std::thread::sleep(Duration::from_millis(20));
-                self.inner.run(inputs, out)
+                None
             }
-            _ => self.inner.run(inputs, out),
+            _ => None,
         }
     }
 }
@@ -87,11 +56,7 @@ fn faulty_churn(mode: Arc<AtomicU8>) -> Model {
         ..LoadOptions::default()
     };
     let inner = edgeinfer_engine::load_model(&bytes, &load).unwrap();
-    Model::new(
-        inner.info.clone(),
-        inner.report.clone(),
-        Arc::new(Faulty { inner, mode }),
-    )
+    fault_support::faulty(inner, Arc::new(Switch(mode)))
 }
 
 fn stable_spec() -> ModelSpec {
