@@ -600,6 +600,7 @@ pub fn write_metrics(out: &mut String) {
     for r in reports.iter() {
         for (q, v) in [
             ("0.5", r.p50_us),
+    write_drift_metrics(out);
             ("0.9", r.p90_us),
             ("0.99", r.p99_us),
             ("1", r.max_us),
@@ -1157,6 +1158,91 @@ struct Control {
     last_flush: Instant,
     /// The Sparkplug B node and its feed when `[telemetry.sparkplug]` is set; dropped with
     /// the control thread, which publishes its NDEATH.
+/// Per (model, version, part, feature), the latest closed drift window, for `/metrics`.
+static LAST_DRIFT: Mutex<Vec<DriftMirror>> = Mutex::new(Vec::new());
+
+struct DriftMirror {
+    model: String,
+    version: String,
+    arm: &'static str,
+    /// `input` (a feature) or `output` (prediction drift).
+    part: &'static str,
+    feature: String,
+    psi: f64,
+    alert: bool,
+}
+
+/// Keeps the closed drift windows' PSI per feature, labelled with the version's arm now.
+fn mirror_drift(closed: &[(String, String, edgeinfer_telemetry::drift::DriftReport)]) {
+    if closed.is_empty() {
+        return;
+    }
+    let mut last = LAST_DRIFT.lock().unwrap_or_else(|e| e.into_inner());
+    for (model, version, rep) in closed {
+        let arm = arm_of(model, version);
+        for (part, list) in [("input", &rep.features), ("output", &rep.outputs)] {
+            for f in list {
+                let m = DriftMirror {
+                    model: model.clone(),
+                    version: version.clone(),
+                    arm,
+                    part,
+                    feature: f.name.clone(),
+                    psi: f.psi,
+                    alert: f.level == edgeinfer_telemetry::drift::Level::Alert,
+                };
+                let same = |o: &&mut DriftMirror| {
+                    (&o.model, &o.version, o.part, &o.feature)
+                        == (&m.model, &m.version, m.part, &m.feature)
+                };
+                match last.iter_mut().find(same) {
+                    Some(o) => *o = m,
+                    None => last.push(m),
+                }
+            }
+        }
+    }
+}
+
+/// The drift mirror: per version (with its arm) and feature, the latest closed window's
+/// PSI and whether it alerted.
+fn write_drift_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let last = LAST_DRIFT.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_empty() {
+        return;
+    }
+    for (name, help) in [
+        (
+            "edgeinfer_telemetry_drift_psi",
+            "PSI of the last closed drift window against the version's reference, per input feature or output (prediction drift).",
+        ),
+        (
+            "edgeinfer_telemetry_drift_alert",
+            "1 when the last closed drift window of the feature alerted.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for d in last.iter() {
+            let v = if name == "edgeinfer_telemetry_drift_psi" {
+                d.psi
+            } else {
+                d.alert as u8 as f64
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{model=\"{}\",version=\"{}\",arm=\"{}\",part=\"{}\",feature=\"{}\"}} {v}",
+                escape(&d.model),
+                escape(&d.version),
+                d.arm,
+                d.part,
+                escape(&d.feature)
+            );
+        }
+    }
+}
+
     sparkplug: Option<(SparkplugFeed, SparkplugNode)>,
 }
 
@@ -1219,6 +1305,7 @@ impl Control {
                     }
                     Err(e) => tracing::warn!("telemetry: {e}"),
                 }
+                        mirror_drift(&drift);
                 match self.hub.gpu(&self.gpu.read()) {
                     Ok(Some(t)) => {
                         if let Some(h) = GPU_HANDLER.get() {

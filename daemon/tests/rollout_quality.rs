@@ -458,6 +458,11 @@ fn the_judge_rolls_back_on_feedback_accuracy_and_prediction_drift_but_not_a_heal
             "edgeinfer_telemetry_accuracy{{model=\"churn\",version=\"{v}\",arm=\"{arm}\",metric=\"accuracy\"}} 1"
         );
         assert!(metrics.contains(&series), "{series} in\n{metrics}");
+        // Prediction drift per arm, healthy: a small PSI, no alert.
+        let drift = format!(
+            "edgeinfer_telemetry_drift_alert{{model=\"churn\",version=\"{v}\",arm=\"{arm}\",part=\"output\",feature=\"label\"}} 0"
+        );
+        assert!(metrics.contains(&drift), "{drift} in\n{metrics}");
     }
 
     // Wrong predictions: FEEDBACK shows the candidate's accuracy fall; rolled back by the
