@@ -587,6 +587,7 @@ pub fn write_metrics(out: &mut String) {
         }
     }
     write_accuracy_metrics(out);
+    write_drift_metrics(out);
     let reports = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
     if reports.is_empty() {
         return;
@@ -600,7 +601,6 @@ pub fn write_metrics(out: &mut String) {
     for r in reports.iter() {
         for (q, v) in [
             ("0.5", r.p50_us),
-    write_drift_metrics(out);
             ("0.9", r.p90_us),
             ("0.99", r.p99_us),
             ("1", r.max_us),
@@ -1144,20 +1144,6 @@ struct AccuracyMirror {
     labels: u64,
 }
 
-/// FEEDBACK that named no logged prediction, by how it named it (`id`, `entity`).
-static FEEDBACK_UNKNOWN: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-
-struct Control {
-    hub: Hub,
-    gpu: Box<dyn GpuSource>,
-    predlog: PredictionLog,
-    /// Predictions not yet written to the log.
-    pending: Vec<PendingRow>,
-    /// Names of the version indices seen (a copy, so a flush takes no lock).
-    names: Vec<Option<(String, String)>>,
-    last_flush: Instant,
-    /// The Sparkplug B node and its feed when `[telemetry.sparkplug]` is set; dropped with
-    /// the control thread, which publishes its NDEATH.
 /// Per (model, version, part, feature), the latest closed drift window, for `/metrics`.
 static LAST_DRIFT: Mutex<Vec<DriftMirror>> = Mutex::new(Vec::new());
 
@@ -1243,6 +1229,20 @@ fn write_drift_metrics(out: &mut String) {
     }
 }
 
+/// FEEDBACK that named no logged prediction, by how it named it (`id`, `entity`).
+static FEEDBACK_UNKNOWN: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+struct Control {
+    hub: Hub,
+    gpu: Box<dyn GpuSource>,
+    predlog: PredictionLog,
+    /// Predictions not yet written to the log.
+    pending: Vec<PendingRow>,
+    /// Names of the version indices seen (a copy, so a flush takes no lock).
+    names: Vec<Option<(String, String)>>,
+    last_flush: Instant,
+    /// The Sparkplug B node and its feed when `[telemetry.sparkplug]` is set; dropped with
+    /// the control thread, which publishes its NDEATH.
     sparkplug: Option<(SparkplugFeed, SparkplugNode)>,
 }
 
@@ -1291,6 +1291,7 @@ impl Control {
                         if let Some((feed, _)) = &self.sparkplug {
                             report(feed.tick(&lat, &drift));
                         }
+                        mirror_drift(&drift);
                         // Per series, the latest interval that saw requests.
                         let mut last = LAST_LATENCY.lock().unwrap_or_else(|e| e.into_inner());
                         for r in lat {
@@ -1305,7 +1306,6 @@ impl Control {
                     }
                     Err(e) => tracing::warn!("telemetry: {e}"),
                 }
-                        mirror_drift(&drift);
                 match self.hub.gpu(&self.gpu.read()) {
                     Ok(Some(t)) => {
                         if let Some(h) = GPU_HANDLER.get() {
