@@ -1473,10 +1473,10 @@ impl Core {
                 (!job.p.order.is_empty()).then(|| job.input(0)).as_ref(),
                 out.tensors.first(),
                 job.p.rows,
+                job.p.entity.as_deref().map(|e| e.keys()),
             );
             let mut views: SmallVec<[proto::TensorView<'_>; 8]> = SmallVec::new();
             let mut ok = true;
-                job.p.entity.as_deref().map(|e| e.keys()),
             for &k in &job.p.sel {
                 let t = &out.tensors[k as usize];
                 match t.dtype.and_then(|d| proto::DType::from_code(d as u32)) {
