@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// Engine time per step of a large request: more rows than run in this long are run in
     /// chunks, with other connections' requests between them.
     pub chunk_budget_us: u64,
+    /// Before its thread sleeps, a core polls its connections for this long (0 = never):
+    /// cheaper wake-ups for a core the appliance gives to the daemon alone.
+    pub busy_poll_us: u64,
     /// SIGTERM drain time; keep below the unit's `TimeoutStopSec=`.
     pub shutdown_grace_ms: u64,
     /// File holding the token clients must present in HELLO (required off loopback).
@@ -203,6 +206,7 @@ impl Default for ServerConfig {
             buffer_pool_bytes: opts.buffer_pool_bytes,
             max_request_rows: opts.max_request_rows,
             chunk_budget_us: opts.chunk_budget.as_micros() as u64,
+            busy_poll_us: opts.busy_poll.as_micros() as u64,
             shutdown_grace_ms: opts.shutdown_grace.as_millis() as u64,
             auth_token_file: None,
             tls_cert: None,
@@ -555,6 +559,9 @@ pub struct ConfigArgs {
     /// On SIGTERM, finish in-flight requests within this [config: server.shutdown_grace_ms].
     #[arg(long, env = "EDGEINFER_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Poll connections this long before a core sleeps [config: server.busy_poll_us].
+    #[arg(long, env = "EDGEINFER_BUSY_POLL_US", value_name = "US")]
+    pub busy_poll_us: Option<u64>,
     /// Token file for the binary protocol [config: server.auth_token_file].
     #[arg(long, env = "EDGEINFER_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -707,7 +714,8 @@ impl Config {
             max_connections,
             read_timeout_ms,
             idle_timeout_ms,
-            shutdown_grace_ms
+            shutdown_grace_ms,
+            busy_poll_us
         );
         if let Some(v) = &a.auth_token_file {
             s.auth_token_file = Some(v.clone());
@@ -804,6 +812,7 @@ impl Config {
             buffer_pool_bytes: s.buffer_pool_bytes,
             max_request_rows: s.max_request_rows,
             chunk_budget: Duration::from_micros(s.chunk_budget_us),
+            busy_poll: Duration::from_micros(s.busy_poll_us),
             auth_token_file: s.auth_token_file.clone(),
             allowed_uids: s.allowed_uids.clone(),
             allowed_gids: s.allowed_gids.clone(),
@@ -1014,6 +1023,14 @@ fn validate_into(c: &Config, out: &mut Vec<Problem>) {
         s.chunk_budget_us,
         10,
         3_600_000_000,
+        " µs",
+    );
+    range(
+        out,
+        "server.busy_poll_us",
+        s.busy_poll_us,
+        0,
+        100_000,
         " µs",
     );
     range(
@@ -1580,6 +1597,28 @@ mod tests {
         assert_eq!(
             Config::default().server_options().chunk_budget,
             std::time::Duration::from_micros(250)
+        );
+    }
+
+    #[test]
+    fn busy_polling_is_off_unless_set_and_bounded() {
+        let c = Config::from_toml_str("[server]\nbusy_poll_us = 50\n").unwrap();
+        assert_eq!(
+            c.server_options().busy_poll,
+            std::time::Duration::from_micros(50)
+        );
+        assert_eq!(
+            Config::default().server_options().busy_poll,
+            std::time::Duration::ZERO
+        );
+        let mut c = Config::default();
+        c.server.busy_poll_us = 100_001;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.key == "server.busy_poll_us" && p.kind == ConfigErrorKind::Invalid),
+            "{e}"
         );
     }
 

@@ -193,6 +193,11 @@ pub struct BenchArgs {
     /// Unmeasured seconds before the measurement.
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub warmup: f64,
+    /// PREDICT only: run the connections on this many threads, each waiting on all of its
+    /// sockets with poll(2), instead of one blocking thread per connection (a cheaper
+    /// generator for throughput runs; see bench_mux.rs). Closed loop, no token.
+    #[arg(long, value_name = "N", conflicts_with_all = ["rate", "echo", "http", "token_file"])]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub input: InputArgs,
     /// Print JSON: requests (succeeded), errors, p50_us, p90_us, p99_us, max_us,
@@ -710,18 +715,18 @@ fn http_request(url: &str, rows: &[Vec<f64>]) -> anyhow::Result<(String, Vec<u8>
     Ok((addr, [head.into_bytes(), body.into_bytes()].concat()))
 }
 
-struct Plan {
-    warmup: Duration,
-    duration: Duration,
+pub(crate) struct Plan {
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
     /// Per-connection interval between intended sends (open loop).
     interval: Option<Duration>,
 }
 
-struct WorkerStats {
-    hist: Histogram<u64>,
-    ok: u64,
-    errors: u64,
-    last_error: Option<String>,
+pub(crate) struct WorkerStats {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) last_error: Option<String>,
 }
 
 /// Sleeps most of the way and yields the rest: plain sleep overshoots by tens of µs, which
@@ -880,6 +885,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 *b = i as u8;
             }
             let stream =
+    // `--threads`: the endpoint, the request frame and the thread count (predict only).
+    let mut mux = None;
                 Stream::connect(&endpoint).with_context(|| format!("connecting to {endpoint}"))?;
             Ok(Box::new(EchoExchange {
                 stream,
@@ -930,21 +937,28 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             .rate
             .map(|r| Duration::from_secs_f64(a.concurrency as f64 / r)),
     });
-    let start = Arc::new(Barrier::new(a.concurrency));
-    let threads: Vec<_> = (0..a.concurrency)
-        .map(|i| {
-            let (connect, plan, start, n) =
-                (connect.clone(), plan.clone(), start.clone(), a.concurrency);
-            std::thread::Builder::new()
-                .name(format!("bench-{i}"))
-                .spawn(move || worker(connect, plan, i, n, start))
-        })
-        .collect::<Result<_, _>>()
-        .context("starting load threads")?;
+    let per_worker: Vec<WorkerStats> = if let Some((endpoint, frame, n)) = mux {
+        crate::bench_mux::run(&endpoint, &frame, a.concurrency, n, plan.clone())?
+    } else {
+        let start = Arc::new(Barrier::new(a.concurrency));
+        let threads: Vec<_> = (0..a.concurrency)
+            .map(|i| {
+                let (connect, plan, start, n) =
+                    (connect.clone(), plan.clone(), start.clone(), a.concurrency);
+                std::thread::Builder::new()
+                    .name(format!("bench-{i}"))
+                    .spawn(move || worker(connect, plan, i, n, start))
+            })
+            .collect::<Result<_, _>>()
+            .context("starting load threads")?;
+        threads
+            .into_iter()
+            .map(|t| t.join().map_err(|_| anyhow!("a load thread panicked")))
+            .collect::<anyhow::Result<_>>()?
+    };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
     let (mut ok, mut errors, mut last_error) = (0u64, 0u64, None);
-    for t in threads {
-        let s = t.join().map_err(|_| anyhow!("a load thread panicked"))?;
+    for s in per_worker {
         hist.add(&s.hist)?;
         ok += s.ok;
         errors += s.errors;
@@ -990,6 +1004,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             a.concurrency,
             a.duration,
             ok as f64 / a.duration
+        mux = a.threads.map(|t| (endpoint.clone(), frame.clone(), t));
         )?;
         writeln!(
             out,
@@ -1041,6 +1056,7 @@ fn echo_loop(mut s: impl Read + Write) {
 /// Echoes 128-byte messages, std blocking with a thread per connection: the same shape of
 /// server the measured ping-pong baseline used. Prints `listening on ENDPOINT` once bound.
 pub fn echo_server(a: EchoServerArgs) -> anyhow::Result<()> {
+        "threads": a.threads,
     match a.target.endpoint()? {
         Endpoint::Unix(path) => {
             clear_stale_socket(&path)?;

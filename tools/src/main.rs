@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 an error (printed with its causes), 2 bad usage (clap).
 //! A broken pipe on stdout is success.
 
+mod bench_mux;
 mod client_cmds;
 mod engine_cmds;
 mod features_cmds;

@@ -507,7 +507,7 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
                 }
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => core.busy_poll.note_read(),
             Err(e) => {
                 tracing::debug!("read failed: {e}");
                 return;

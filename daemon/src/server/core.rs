@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use super::buf::FrameBuf;
 use super::conn::Conn;
-use super::notify::{Latch, Notify};
+use super::notify::{BusyPoll, Latch, Notify};
 use super::response::Response;
 use super::{ServerOptions, ServerStats};
 use crate::heartbeat::Heartbeats;
@@ -366,6 +366,8 @@ pub(crate) struct Core {
     pub finished: Latch,
     /// The driver reads on readiness (epoll), not by completion (io_uring).
     pub reads_on_readiness: bool,
+    /// `server.busy_poll_us`: the read loops note their reads here.
+    pub busy_poll: BusyPoll,
 }
 
 impl Core {
@@ -373,6 +375,7 @@ impl Core {
         Core {
             index,
             reads_on_readiness: shared.opts.driver.effective() == super::Driver::Epoll,
+            busy_poll: BusyPoll::new(shared.opts.busy_poll),
             shared,
             cache: RefCell::new(ModelCache::default()),
             queue: RefCell::new(VecDeque::new()),

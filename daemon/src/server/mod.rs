@@ -121,6 +121,9 @@ pub struct ServerOptions {
     /// in this long (as timed on its core) runs in chunks of rows, and other connections'
     /// requests run between its chunks.
     pub chunk_budget: Duration,
+    /// Before a core's thread parks, it polls its connections (the driver, without
+    /// waiting) for this long after its last request; zero = park at once.
+    pub busy_poll: Duration,
     /// When set, every connection must open with a HELLO carrying this file's token.
     pub auth_token_file: Option<std::path::PathBuf>,
     /// SO_PEERCRED allow-lists for Unix-socket peers; both empty = no check.
@@ -148,6 +151,7 @@ impl Default for ServerOptions {
             buffer_pool_bytes: buf::DEFAULT_POOL_BYTES,
             max_request_rows: 65_536,
             chunk_budget: Duration::from_micros(250),
+            busy_poll: Duration::ZERO,
             auth_token_file: None,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),

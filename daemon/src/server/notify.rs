@@ -1,10 +1,12 @@
 //! Wakeups between tasks of one core runtime: no atomics, no locks, no allocation per
-//! notification (everything here is `!Send` and lives on one thread).
+//! notification (everything here is `!Send` and lives on one thread); and busy-polling,
+//! which keeps a core's runtime from parking for a while after its last read.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// Wakes one waiting task; a notification sent while nobody waits is kept for the next wait.
 #[derive(Default)]
@@ -144,4 +146,75 @@ pub fn forget_yielded() {
     drop(left);
     drop(YIELDER.with(|w| w.take()));
     YIELDER_SPAWNED.with(|s| s.set(false));
+}
+
+/// Longest one busy-polling episode runs before the core parks once: monoio runs its timers
+/// (the ticker, batch delays) only when it parks, and their wheel counts in milliseconds.
+const BUSY_EPISODE_CAP: Duration = Duration::from_millis(1);
+
+/// Busy-polling on one core (`server.busy_poll_us`). The read loops count their reads; the
+/// core's spinner task, woken by the first read after it stopped, stays ready for `window`
+/// after the last read, so the runtime polls its driver without waiting (`epoll_wait` with a
+/// zero timeout, or an io_uring submit and completion reap) between turns instead of putting
+/// the thread to sleep: a request that arrives meanwhile costs no wake-up of a sleeping
+/// thread. Off (window zero), reads count nothing and no spinner runs.
+pub struct BusyPoll {
+    window: Duration,
+    reads: Cell<u64>,
+    spinning: Cell<bool>,
+    wake: Notify,
+}
+
+impl BusyPoll {
+    pub fn new(window: Duration) -> BusyPoll {
+        BusyPoll {
+            window,
+            reads: Cell::new(0),
+            spinning: Cell::new(false),
+            wake: Notify::default(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.window.is_zero()
+    }
+
+    /// A read took bytes from a connection.
+    #[inline]
+    pub fn note_read(&self) {
+        if self.enabled() {
+            self.reads.set(self.reads.get().wrapping_add(1));
+            if !self.spinning.get() {
+                self.wake.notify();
+            }
+        }
+    }
+
+    /// The spinner (spawned once per core when enabled). Each episode ends `window` after
+    /// the last read it saw, and at most [`BUSY_EPISODE_CAP`] after it began, so that the
+    /// runtime parks (and runs its timers) at least that often under steady load.
+    pub async fn spin(&self) {
+        loop {
+            self.wake.wait().await;
+            self.spinning.set(true);
+            let begun = Instant::now();
+            let cap = begun + BUSY_EPISODE_CAP.max(self.window);
+            let mut seen = self.reads.get();
+            let mut until = begun + self.window;
+            loop {
+                // To the back of the run queue: the runtime polls the driver between turns.
+                yield_now().await;
+                let now = Instant::now();
+                let n = self.reads.get();
+                if n != seen {
+                    seen = n;
+                    until = (now + self.window).min(cap);
+                }
+                if now >= until {
+                    break;
+                }
+            }
+            self.spinning.set(false);
+        }
+    }
 }

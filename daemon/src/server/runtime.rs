@@ -328,6 +328,10 @@ async fn core_main(
     monoio::spawn(core.clone().execute());
     monoio::spawn(ticker(core.clone()));
     monoio::spawn(watch_wake(wake, core.clone()));
+    if core.busy_poll.enabled() {
+        let c = core.clone();
+        monoio::spawn(async move { c.busy_poll.spin().await });
+    }
     let _ = ready.send((index, Ok(())));
     core.finished.wait().await;
     super::notify::forget_yielded();
