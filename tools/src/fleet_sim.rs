@@ -513,6 +513,8 @@ struct Traffic {
     bad: Option<String>,
     bad_error_rate: f64,
     bad_latency_factor: f64,
+    /// Polls completed, fleet-wide.
+    polls: Arc<AtomicU64>,
 }
 
 impl Traffic {
@@ -546,6 +548,7 @@ impl Device {
                 }
                 _ => self.backoff.next_wait(),
             };
+            t.polls.fetch_add(1, Relaxed);
             self.next_poll = Instant::now() + wait;
             if std::mem::take(&mut self.d.new_window) {
                 self.next_window = Instant::now() + t.window;
@@ -668,6 +671,8 @@ struct StepReport {
     converged: bool,
     /// From the directive's publication to the last device serving what it decides.
     convergence_s: f64,
+    /// Polls the devices completed during the step.
+    polls: u64,
     repo_requests: u64,
     repo_bytes: u64,
     /// Messages the devices published per second over the step (QoS 1, all topics).
@@ -721,6 +726,7 @@ struct Sim {
     a: SimulateArgs,
     seen: Vec<(String, Shared)>,
     served: Arc<Served>,
+    polls: Arc<AtomicU64>,
     counts: Arc<MqttCounts>,
     sys: Arc<Mutex<SysCounters>>,
     state: PathBuf,
@@ -790,6 +796,7 @@ pub fn simulate(mut a: SimulateArgs) -> Result<()> {
         bad: a.bad_candidate.clone(),
         bad_error_rate: a.bad_error_rate,
         bad_latency_factor: a.bad_latency_factor,
+        polls: Arc::default(),
     };
     let engine = (!a.no_engine).then(|| LoadOptions {
         engine: EngineChoice::Tract,
@@ -900,6 +907,7 @@ pub fn simulate(mut a: SimulateArgs) -> Result<()> {
         a,
         seen,
         served,
+        polls: traffic.polls.clone(),
         counts,
         sys,
         state,
@@ -1015,6 +1023,7 @@ fn monitor(
 /// What a step's start looks like to the counters.
 struct Mark {
     at: Instant,
+    polls: u64,
     requests: u64,
     bytes: u64,
     published: u64,
@@ -1027,6 +1036,7 @@ impl Sim {
         let s = self.sys.lock().unwrap();
         Mark {
             at: Instant::now(),
+            polls: self.polls.load(Relaxed),
             requests: self.served.requests.load(Relaxed),
             bytes: self.served.bytes.load(Relaxed),
             published: self.counts.published.load(Relaxed),
@@ -1143,6 +1153,7 @@ impl Sim {
             canary_devices: canary,
             converged: converged.0,
             convergence_s: converged.1,
+            polls: end.polls - m.polls,
             repo_requests: end.requests - m.requests,
             repo_bytes: end.bytes - m.bytes,
             device_msgs_per_s: (end.published - m.published) as f64 / secs,
@@ -1201,6 +1212,12 @@ impl Sim {
             conv,
             ("(devices start)".into(), true, String::new()),
         )?);
+        // Nothing changes for one poll period: what an idle fleet costs.
+        let m = self.mark();
+        std::thread::sleep(Duration::from_millis(a.poll_ms + a.jitter_ms));
+        let idle = (true, m.at.elapsed().as_secs_f64());
+        let quiet = ("(no change)".into(), true, String::new());
+        steps.push(self.step_report("idle", &m, idle, quiet)?);
 
         let salt = self.salt_for("fleet", a.steps[0]);
         let listen = (a.window_ms * 3).div_ceil(1000) + 2;
@@ -1411,15 +1428,16 @@ fn print_report(r: &Report) {
         r.window_ms,
         if r.engine { "tract" } else { "none" }
     );
-    println!("step     canary  converged  seconds  repo_requests  repo_bytes  dev_msg/s  broker_in/s  broker_out/s");
+    println!("step     canary  converged  seconds  polls  repo_requests  repo_bytes  dev_msg/s  broker_in/s  broker_out/s");
     for s in &r.steps {
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         println!(
-            "{:<8} {:>6}  {:>9}  {:>7.1}  {:>13}  {:>10}  {:>9.0}  {:>11}  {:>12}",
+            "{:<8} {:>6}  {:>9}  {:>7.1}  {:>5}  {:>13}  {:>10}  {:>9.0}  {:>11}  {:>12}",
             s.step,
             s.canary_devices,
             s.converged,
             s.convergence_s,
+            s.polls,
             s.repo_requests,
             s.repo_bytes,
             s.device_msgs_per_s,

@@ -176,24 +176,32 @@ fn twenty_devices_converge_at_each_step_and_roll_a_bad_canary_back_by_themselves
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let steps = r["steps"].as_array().unwrap();
     let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(names, ["boot", "1%", "10%", "100%", "promote"]);
+    assert_eq!(names, ["boot", "idle", "1%", "10%", "100%", "promote"]);
     for s in steps {
         assert_eq!(s["converged"], true, "{s}");
         assert_eq!(s["command_ok"], true, "{s}");
         // Every step moved metadata at least (the devices verified a new timestamp).
         assert!(s["repo_bytes"].as_u64().unwrap() > 0, "{s}");
     }
+    // An idle poll is the 404 for the next root and the timestamp: nothing else moves.
+    let idle = &steps[1];
+    let polls = idle["polls"].as_u64().unwrap();
+    assert!(polls >= 10, "{idle}");
+    assert!(
+        idle["repo_requests"].as_u64().unwrap() <= 2 * polls + 20,
+        "{idle}"
+    );
     let canary = |i: usize| steps[i]["canary_devices"].as_u64().unwrap();
     assert!(
-        canary(1) >= 1,
+        canary(2) >= 1,
         "the 1% step's salt is drawn so its canary is not empty"
     );
     assert!(
-        canary(1) <= canary(2),
+        canary(2) <= canary(3),
         "raising the percent only adds devices"
     );
-    assert_eq!(canary(3), 20);
-    assert!(steps[2]["command_tail"]
+    assert_eq!(canary(4), 20);
+    assert!(steps[3]["command_tail"]
         .as_str()
         .unwrap()
         .contains("published"));
