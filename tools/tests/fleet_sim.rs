@@ -158,8 +158,10 @@ fn twenty_devices_converge_at_each_step_and_roll_a_bad_canary_back_by_themselves
         "500",
         "--jitter-ms",
         "500",
+        // Two-second windows: the first window of a bad canary device ends well after
+        // `rollout advance` (started at its publication) has subscribed, even on a loaded box.
         "--window-ms",
-        "1000",
+        "2000",
         "--workers",
         "4",
         "--step-timeout-s",
