@@ -364,6 +364,19 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The wall clock in ms as the control thread last read it (every [`POLL`]): a core stamps
+/// each prediction from here instead of reading the clock per request. A stamp is a few ms
+/// early at most (one poll plus the control thread's own work), never late, so a FEEDBACK
+/// by entity and time still finds it.
+static COARSE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn coarse_ms() -> u64 {
+    match COARSE_MS.load(Relaxed) {
+        0 => wall_ms(),
+        ms => ms,
+    }
+}
+
 /// A request about to be answered: counts its rows into the version's drift bins (first
 /// input against the reference features, first output against the reference outputs),
 /// queues its rows for the prediction log with the version's arm (and, for
@@ -415,7 +428,7 @@ pub fn record_prediction(
                 ver: idx,
                 arm,
                 first_id,
-                ts_ms: wall_ms(),
+                ts_ms: coarse_ms(),
                 outputs,
                 entities,
             },
@@ -908,6 +921,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
     hub.set_waker(publisher.waker());
     let stats = publisher.stats().clone();
 
+    COARSE_MS.store(wall_ms(), Relaxed);
     ON.store(true, Relaxed);
     for ev in std::mem::take(&mut *EARLY.lock().unwrap_or_else(|e| e.into_inner())) {
         emit(ev);
@@ -1318,6 +1332,7 @@ impl Control {
                 report(self.hub.status(&status(&table, self.hub.outbox(), started)));
             }
             std::thread::sleep(POLL);
+            COARSE_MS.store(wall_ms(), Relaxed);
         }
         self.flush();
         ON.store(false, Relaxed);

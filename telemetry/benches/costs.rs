@@ -11,7 +11,7 @@ use std::time::Instant;
 use edgeinfer_telemetry::Clock;
 
 use edgeinfer_telemetry::drift::{
-    normal_samples, DriftCounts, DriftWindow, FeatureRef, ReferenceStats,
+    normal_samples, Distribution, DriftCounts, DriftWindow, FeatureRef, ReferenceStats,
 };
 use edgeinfer_telemetry::events::Event;
 use edgeinfer_telemetry::messages::Topics;
@@ -93,6 +93,36 @@ fn main() {
         let per_row = t.elapsed().as_secs_f64() * 1e9 / (reps * 1000) as f64;
         println!("drift counting on a core, {features} features: {per_row:.0} ns per row");
         std::hint::black_box(&c);
+
+        // The bin lookup alone on the same rows, as a binary search over the edges (before)
+        // and as the branch-free count `Distribution::bin_of` does now: a ratio in one run.
+        let edges: Vec<&[f64]> = r
+            .features
+            .iter()
+            .filter_map(|f| match &f.dist {
+                Distribution::Numeric { edges, .. } => Some(edges.as_slice()),
+                Distribution::Categorical { .. } => None,
+            })
+            .collect();
+        let lookups = |f: &dyn Fn(&[f64], f64) -> usize| {
+            let t = Instant::now();
+            let mut acc = 0usize;
+            for _ in 0..reps {
+                for row in rows.chunks(features) {
+                    for (e, &x) in edges.iter().zip(row) {
+                        acc += f(e, std::hint::black_box(x));
+                    }
+                }
+            }
+            std::hint::black_box(acc);
+            t.elapsed().as_secs_f64() * 1e9 / (reps * 1000) as f64
+        };
+        let search = lookups(&|e, x| e.partition_point(|&v| v <= x));
+        let count = lookups(&|e, x| e.iter().map(|&v| (v <= x) as usize).sum());
+        println!(
+            "bin lookup, {features} features per row: binary search {search:.0} ns, branch-free count {count:.0} ns per row (count/search {:.2})",
+            count / search
+        );
     }
 
     // The prediction log as the control thread writes it: batches of 1,024 rows.
