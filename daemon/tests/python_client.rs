@@ -170,6 +170,7 @@ fn python_client_tests_pass_against_the_daemon() {
         "test_sync.py",
         "test_errors.py",
         "test_async.py",
+        "test_shm.py",
     ] {
         assert!(stdout.contains(module), "{module} did not run:\n{stdout}");
     }

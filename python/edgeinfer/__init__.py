@@ -13,11 +13,12 @@ from .errors import (ERRORS, BadFrame, BadInput, ConnectionClosed, DeadlineExcee
                      ShuttingDown, Timeout, TooManyInFlight, Unauthenticated, Unavailable,
                      UnknownModel, UnknownOpcode, UnknownRequestId, UnsupportedVersion,
                      server_error)
+from .shm import ShmClient
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncClient", "Client", "ClientPool", "Stats", "ERRORS", "BadFrame", "BadInput",
+    "AsyncClient", "Client", "ClientPool", "ShmClient", "Stats", "ERRORS", "BadFrame", "BadInput",
     "ConnectionClosed", "DeadlineExceeded", "EdgeInferError", "FeatureStore", "FrameTooLarge",
     "InputError",
     "Internal", "NotImplementedByServer", "NotReady", "Overloaded", "ProtocolError",

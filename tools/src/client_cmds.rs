@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use edgeinfer_client::blocking::Client;
+use edgeinfer_client::shm::ShmClient;
 use edgeinfer_client::{Endpoint, PredictOptions};
 use edgeinfer_proto::{self as proto, DType, ErrorResponse, Opcode, Tensor};
 use hdrhistogram::Histogram;
@@ -181,9 +182,22 @@ pub struct BenchArgs {
     /// Model to PREDICT on (the default target).
     #[arg(long)]
     pub model: Option<String>,
+    /// PREDICT over the shared-memory transport (docs/protocol.md §11): each connection
+    /// asks for rings in its HELLO over the Unix socket, then writes its requests into the
+    /// request ring and reads the answers where the server put them.
+    #[arg(long, conflicts_with_all = ["echo", "http", "addr"])]
+    pub shm: bool,
+    /// With --shm: bytes asked for each ring.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", requires = "shm")]
+    pub shm_ring_bytes: u64,
     /// Connections, one thread each.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// PREDICT only: run the connections on this many threads, each waiting on all of its
+    /// sockets with poll(2), instead of one blocking thread per connection (a cheaper
+    /// generator for throughput runs; see bench_mux.rs). Closed loop, no token.
+    #[arg(long, value_name = "N", conflicts_with_all = ["rate", "echo", "http", "token_file"])]
+    pub threads: Option<usize>,
     /// Measured seconds, after the warm-up.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub duration: f64,
@@ -193,11 +207,6 @@ pub struct BenchArgs {
     /// Unmeasured seconds before the measurement.
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub warmup: f64,
-    /// PREDICT only: run the connections on this many threads, each waiting on all of its
-    /// sockets with poll(2), instead of one blocking thread per connection (a cheaper
-    /// generator for throughput runs; see bench_mux.rs). Closed loop, no token.
-    #[arg(long, value_name = "N", conflicts_with_all = ["rate", "echo", "http", "token_file"])]
-    pub threads: Option<usize>,
     #[command(flatten)]
     pub input: InputArgs,
     /// Print JSON: requests (succeeded), errors, p50_us, p90_us, p99_us, max_us,
@@ -491,18 +500,50 @@ impl Exchange for PredictExchange {
         if h.request_id != id {
             bail!("answer to request {} while waiting for {id}", h.request_id);
         }
-        if h.opcode == Opcode::PredictResponse.as_u8() {
-            return Ok(Outcome::Ok);
+        Ok(outcome_of(&h, body))
+    }
+}
+
+/// A PREDICT answer as the bench counts it.
+fn outcome_of(h: &proto::Header, body: &[u8]) -> Outcome {
+    if h.opcode == Opcode::PredictResponse.as_u8() {
+        return Outcome::Ok;
+    }
+    let why = match proto::decode_message::<ErrorResponse>(h, body) {
+        Ok(e) => format!(
+            "{}: {}",
+            e.error_code().map_or("UNKNOWN_CODE", |c| c.name()),
+            e.message
+        ),
+        Err(_) => format!("answer with opcode {:#04x}", h.opcode),
+    };
+    Outcome::Refused(why)
+}
+
+/// One PREDICT over shared memory: the input is written into the request ring in place
+/// of an encoded frame, and the answer is looked at where the server wrote it.
+struct ShmExchange {
+    client: ShmClient,
+    model: String,
+    input: Tensor,
+    opts: PredictOptions,
+}
+
+impl Exchange for ShmExchange {
+    fn exchange(&mut self) -> anyhow::Result<Outcome> {
+        let t = &self.input;
+        let mut req = self.client.begin_predict(
+            &self.model,
+            &[(t.name.as_str(), t.dtype, &t.shape)],
+            &self.opts,
+        )?;
+        req.input(0).copy_from_slice(&t.data);
+        let id = req.send();
+        let (h, body) = self.client.recv_frame()?;
+        if h.request_id != id {
+            bail!("answer to request {} while waiting for {id}", h.request_id);
         }
-        let why = match proto::decode_message::<ErrorResponse>(&h, body) {
-            Ok(e) => format!(
-                "{}: {}",
-                e.error_code().map_or("UNKNOWN_CODE", |c| c.name()),
-                e.message
-            ),
-            Err(_) => format!("answer with opcode {:#04x}", h.opcode),
-        };
-        Ok(Outcome::Refused(why))
+        Ok(outcome_of(&h, body))
     }
 }
 
@@ -844,6 +885,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             bail!("--rate must be a positive number of requests per second");
         }
     }
+    // `--threads`: the endpoint, the request frame and the thread count (predict only).
+    let mut mux = None;
     let (mode, target, connect): (&str, String, Connector) = if let Some(url) = &a.http {
         let rows: Vec<Vec<f64>> = if a.input.input.is_empty() {
             vec![vec![DEFAULT_FEATURE; DEFAULT_HTTP_FEATURES]]
@@ -885,8 +928,6 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 *b = i as u8;
             }
             let stream =
-    // `--threads`: the endpoint, the request frame and the thread count (predict only).
-    let mut mux = None;
                 Stream::connect(&endpoint).with_context(|| format!("connecting to {endpoint}"))?;
             Ok(Box::new(EchoExchange {
                 stream,
@@ -895,6 +936,43 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             }) as Box<dyn Exchange>)
         });
         ("echo", target, connect)
+    } else if a.shm {
+        let model = a
+            .model
+            .clone()
+            .ok_or_else(|| anyhow!("give --model NAME with --shm"))?;
+        let endpoint = a.target.endpoint()?;
+        let Endpoint::Unix(path) = endpoint.clone() else {
+            bail!("--shm needs the Unix socket (--socket PATH)");
+        };
+        let token = a.target.token()?;
+        let mut client = connect_as(&endpoint, token.as_deref())?;
+        let input = build_input(&mut client, &model, &a.input, true)?;
+        let opts = PredictOptions {
+            version: a.input.version.clone(),
+            ..Default::default()
+        };
+        let ring = a.shm_ring_bytes;
+        let open = move || -> anyhow::Result<ShmExchange> {
+            let client = ShmClient::connect(&path, ring, token.as_deref().unwrap_or(""))
+                .with_context(|| format!("asking {} for shared memory", path.display()))?;
+            Ok(ShmExchange {
+                client,
+                model: model.clone(),
+                input: input.clone(),
+                opts: opts.clone(),
+            })
+        };
+        // One request first, so a wrong model is a clear error and not a run of failures.
+        let mut probe = open()?;
+        let first = probe.exchange()?;
+        if let Outcome::Refused(why) = first {
+            bail!("PREDICT over shared memory: {why}");
+        }
+        drop(probe);
+        let target = format!("shm:{endpoint}");
+        let connect: Connector = Arc::new(move || Ok(Box::new(open()?) as Box<dyn Exchange>));
+        ("predict-shm", target, connect)
     } else {
         let model = a
             .model
@@ -919,6 +997,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         };
         let mut frame = Vec::new();
         proto::encode_predict(0, &mut req, &[input.view()], &mut frame)?;
+        mux = a.threads.map(|t| (endpoint.clone(), frame.clone(), t));
         let target = endpoint.to_string();
         let connect: Connector = Arc::new(move || {
             let client = connect_as(&endpoint, token.as_deref())?;
@@ -977,6 +1056,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "target": target,
         "loop": if a.rate.is_some() { "open" } else { "closed" },
         "concurrency": a.concurrency,
+        "threads": a.threads,
         "duration_s": a.duration,
         "warmup_s": a.warmup,
         "rate_rps": a.rate,
@@ -1004,7 +1084,6 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             a.concurrency,
             a.duration,
             ok as f64 / a.duration
-        mux = a.threads.map(|t| (endpoint.clone(), frame.clone(), t));
         )?;
         writeln!(
             out,
@@ -1056,7 +1135,6 @@ fn echo_loop(mut s: impl Read + Write) {
 /// Echoes 128-byte messages, std blocking with a thread per connection: the same shape of
 /// server the measured ping-pong baseline used. Prints `listening on ENDPOINT` once bound.
 pub fn echo_server(a: EchoServerArgs) -> anyhow::Result<()> {
-        "threads": a.threads,
     match a.target.endpoint()? {
         Endpoint::Unix(path) => {
             clear_stale_socket(&path)?;
