@@ -167,8 +167,10 @@ def figure(name, ratios):
     print(f"  verdict, target ≤ 3%: {verdict}")
 
 busy = [int(open(f"{out}/cpu_{s}_{p}.txt").read()) / 1e9 / float(duration) for s in ("false", "true") for p in range(1, pairs + 1)]
-print(f"daemon core busy (CPU-s per s of run, median over runs): {statistics.median(busy):.2f}"
-      + ("  (below ~0.9: the load generator, not the daemon, limits throughput)" if statistics.median(busy) < 0.9 else ""))
+# Below 1: the daemon's core waited for the load generator, or (on a shared VM) other
+# processes ran on it. A daemon with more threads gets a bigger share of a contended core,
+# which is why the wall-clock ratio can favour telemetry on; the CPU ratio does not care.
+print(f"CPU the daemon got per second of run (median over runs): {statistics.median(busy):.2f}")
 
 print(f"throughput (wall clock): off median {statistics.median(offs):.0f} req/s, on {statistics.median(ons):.0f} req/s; errors {errors}")
 figure("throughput", tput)

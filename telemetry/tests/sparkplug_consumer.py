@@ -6,7 +6,10 @@ line per message on stdout:
  "metrics": [{"name", "alias", "datatype", "timestamp", "historical", "null", "value"}],
  "error"}. Runs until killed.
 
-usage: sparkplug_consumer.py HOST PORT GROUP PROTO_FILE
+usage: sparkplug_consumer.py HOST PORT GROUP PROTO_FILE [EDGE_NODE]
+With EDGE_NODE it also acts as a host that joined late: once subscribed, it writes
+'Node Control/Rebirth' = true to that node's NCMD, as a Sparkplug host does to learn a node's
+metrics without waiting for its next connect.
 """
 import importlib
 import json
@@ -20,6 +23,7 @@ from grpc_tools import protoc
 from paho.mqtt.enums import CallbackAPIVersion
 
 host, port, group, proto_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rebirth_edge = sys.argv[5] if len(sys.argv) > 5 else None
 
 out_dir = tempfile.mkdtemp(prefix="spb-proto-")
 proto_dir, proto_name = os.path.split(os.path.abspath(proto_file))
@@ -53,6 +57,20 @@ def on_connect(client, userdata, flags, reason_code, properties):
     emit({"connected": True})
 
 
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    if rebirth_edge is None:
+        return
+    cmd = pb.Payload()
+    cmd.timestamp = int(time.time() * 1000)
+    m = cmd.metrics.add()
+    m.name = "Node Control/Rebirth"
+    m.datatype = pb.Boolean
+    m.boolean_value = True
+    # NCMD: QoS 0, not retained (tck-id-topics-ncmd-mqtt).
+    client.publish(f"spBv1.0/{group}/NCMD/{rebirth_edge}", cmd.SerializeToString(), qos=0, retain=False)
+    emit({"rebirth_sent": True})
+
+
 def on_message(client, userdata, msg):
     parts = msg.topic.split("/")
     out = {
@@ -78,6 +96,7 @@ def on_message(client, userdata, msg):
 client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"spb-host-{group}-{os.getpid()}", protocol=mqtt.MQTTv311)
 client.on_connect = on_connect
 client.on_message = on_message
+client.on_subscribe = on_subscribe
 client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
 client.connect(host, port, keepalive=30)
 while True:
