@@ -80,7 +80,9 @@ fn batch_timers_fire_while_another_client_keeps_the_core_polling() {
         let srv = start(
             ServerOptions {
                 cores: vec![edgeinfer_engine::cores::allowed_cores().unwrap()[0]],
-                ..busy(driver, 100)
+                // The longest window there is: no gap between the hammer's requests ends an
+                // episode, only the cap does.
+                ..busy(driver, 100_000)
             },
             &[
                 spec(
