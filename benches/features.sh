@@ -26,4 +26,9 @@ echo "redis $(redis-server --version | awk '{print $3}')"
 EDGEINFER_BENCH_REDIS="127.0.0.1:$port" cargo bench -p edgeinfer-features --bench lookup -- --bench
 echo
 # The daemon (release) with the logreg fixture, a store filled by the bench, one core.
+# EDGEINFER_BENCH_BEFORE_DAEMON=/path/to/an/older/edgeinferd runs that binary beside this
+# build's (f64 rows), interleaved: a before/after in the same run.
+if [ -n "${EDGEINFER_BENCH_BEFORE_DAEMON:-}" ]; then
+    echo "before daemon: $EDGEINFER_BENCH_BEFORE_DAEMON"
+fi
 cargo bench -p edgeinferd --bench entity_e2e -- --bench

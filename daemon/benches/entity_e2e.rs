@@ -4,6 +4,10 @@
 //! Run: `bash benches/features.sh` (or `cargo bench -p edgeinferd --bench entity_e2e --
 //! --bench`). One connection, one request at a time, the two kinds interleaved so that drift
 //! on the VM touches both alike; the daemon serves on one core.
+//!
+//! With `EDGEINFER_BENCH_BEFORE_DAEMON=/path/to/an/older/edgeinferd`, that binary is run
+//! beside this build's, with its own store of f64 rows (what every row was before the f32
+//! format), and the two daemons' requests are interleaved too: a before/after in one run.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,7 +26,7 @@ const WIDTH: usize = 20;
 const SAMPLES: usize = 30_000;
 const WARMUP: usize = 3_000;
 
-fn schema() -> FeatureSchema {
+fn schema(dtype: FeatureDType) -> FeatureSchema {
     FeatureSchema {
         version: 1,
         input: None,
@@ -31,7 +35,7 @@ fn schema() -> FeatureSchema {
         fields: (0..WIDTH)
             .map(|i| FieldSpec {
                 name: format!("f{i}"),
-                dtype: FeatureDType::F32,
+                dtype,
                 default: 0.0,
                 max_age_s: None,
                 allow_non_finite: false,
@@ -57,9 +61,9 @@ fn next(s: &mut u64) -> u64 {
     *s
 }
 
-fn fill(dir: &Path, n: u64) {
+fn fill(dir: &Path, n: u64, dtype: FeatureDType) {
     let store = FeatureStore::open(&StoreOptions::new(dir, 4 << 30, 2)).unwrap();
-    Assembler::new(&store, schema()).unwrap();
+    Assembler::new(&store, schema(dtype)).unwrap();
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..n {
         let row = FeatureRow {
@@ -85,7 +89,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start(dir: &Path) -> Daemon {
+fn start(dir: &Path, binary: &Path, dtype: FeatureDType) -> Daemon {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/logreg.onnx");
     let mut cfg = format!(
         "state_dir = \"{d}/var\"\n[cache]\nenabled = true\npath = \"{d}/store\"\nmax_bytes = {}\n\
@@ -96,7 +100,8 @@ fn start(dir: &Path) -> Daemon {
     );
     for i in 0..WIDTH {
         cfg.push_str(&format!(
-            "[[models.features.fields]]\nname = \"f{i}\"\ndtype = \"f32\"\n"
+            "[[models.features.fields]]\nname = \"f{i}\"\ndtype = \"{}\"\n",
+            dtype.name()
         ));
     }
     cfg.push_str(&format!(
@@ -106,7 +111,7 @@ fn start(dir: &Path) -> Daemon {
     let path = dir.join("edgeinferd.toml");
     std::fs::write(&path, cfg).unwrap();
     let log = std::fs::File::create(dir.join("d.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgeinferd"))
+    let child = Command::new(binary)
         .arg("--config")
         .arg(&path)
         .env("EDGEINFER_LOG", "warn")
@@ -141,16 +146,43 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-/// (by-entity p50, p99, by-tensor p50, p99) in µs.
-fn measure(n: u64) -> (f64, f64, f64, f64) {
-    let dir = tempfile::tempdir().unwrap();
-    fill(&dir.path().join("store"), n);
-    let _d = start(dir.path());
-    let mut s = UnixStream::connect(dir.path().join("d.sock")).unwrap();
-    let (mut he, mut ht) = (
-        Histogram::<u64>::new(3).unwrap(),
-        Histogram::<u64>::new(3).unwrap(),
-    );
+/// One daemon under test: its store, its process, its connection and histograms.
+struct Arm {
+    _dir: tempfile::TempDir,
+    _daemon: Daemon,
+    sock: UnixStream,
+    entity: Histogram<u64>,
+    tensor: Histogram<u64>,
+}
+
+impl Arm {
+    fn start(n: u64, binary: &Path, dtype: FeatureDType) -> Arm {
+        let dir = tempfile::tempdir().unwrap();
+        fill(&dir.path().join("store"), n, dtype);
+        let daemon = start(dir.path(), binary, dtype);
+        let sock = UnixStream::connect(dir.path().join("d.sock")).unwrap();
+        Arm {
+            _dir: dir,
+            _daemon: daemon,
+            sock,
+            entity: Histogram::new(3).unwrap(),
+            tensor: Histogram::new(3).unwrap(),
+        }
+    }
+
+    /// (by-entity p50, p99, by-tensor p50, p99) in µs.
+    fn figures(&self) -> (f64, f64, f64, f64) {
+        (
+            pct(&self.entity, 0.5),
+            pct(&self.entity, 0.99),
+            pct(&self.tensor, 0.5),
+            pct(&self.tensor, 0.99),
+        )
+    }
+}
+
+/// Runs every arm over the same keys, interleaved request by request.
+fn measure(n: u64, arms: &mut [Arm]) {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let (mut fe, mut ft, mut buf) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..WARMUP + SAMPLES {
@@ -180,21 +212,31 @@ fn measure(n: u64) -> (f64, f64, f64, f64) {
         } else {
             [false, true]
         };
-        for by_entity in order {
-            let t0 = Instant::now();
-            if by_entity {
-                round_trip(&mut s, &fe, &mut buf, Opcode::PredictByEntityResponse);
-            } else {
-                round_trip(&mut s, &ft, &mut buf, Opcode::PredictResponse);
-            }
-            let ns = t0.elapsed().as_nanos() as u64;
-            if round >= WARMUP {
-                let h = if by_entity { &mut he } else { &mut ht };
-                h.record(ns.max(1)).unwrap();
+        for arm in arms.iter_mut() {
+            for by_entity in order {
+                let t0 = Instant::now();
+                if by_entity {
+                    round_trip(
+                        &mut arm.sock,
+                        &fe,
+                        &mut buf,
+                        Opcode::PredictByEntityResponse,
+                    );
+                } else {
+                    round_trip(&mut arm.sock, &ft, &mut buf, Opcode::PredictResponse);
+                }
+                let ns = t0.elapsed().as_nanos() as u64;
+                if round >= WARMUP {
+                    let h = if by_entity {
+                        &mut arm.entity
+                    } else {
+                        &mut arm.tensor
+                    };
+                    h.record(ns.max(1)).unwrap();
+                }
             }
         }
     }
-    (pct(&he, 0.5), pct(&he, 0.99), pct(&ht, 0.5), pct(&ht, 0.99))
 }
 
 fn main() {
@@ -202,14 +244,30 @@ fn main() {
         println!("run with --bench (cargo bench) for figures");
         return;
     }
-    println!("| entities | by entity p50 µs | p99 µs | by tensor p50 µs | p99 µs | added p50 µs |");
-    println!("|---|---|---|---|---|---|");
+    let after = Path::new(env!("CARGO_BIN_EXE_edgeinferd"));
+    let before = std::env::var_os("EDGEINFER_BENCH_BEFORE_DAEMON").map(std::path::PathBuf::from);
+    println!(
+        "| entities | daemon | by entity p50 µs | p99 µs | by tensor p50 µs | p99 µs | added p50 µs |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for n in [10_000u64, 1_000_000] {
-        let (e50, e99, t50, t99) = measure(n);
-        println!(
-            "| {n} | {e50:.2} | {e99:.2} | {t50:.2} | {t99:.2} | {:.2} |",
-            e50 - t50
-        );
+        let mut arms = vec![Arm::start(n, after, FeatureDType::F32)];
+        if let Some(b) = &before {
+            arms.push(Arm::start(n, b, FeatureDType::F64));
+        }
+        measure(n, &mut arms);
+        for (k, arm) in arms.iter().enumerate() {
+            let (e50, e99, t50, t99) = arm.figures();
+            let label = if k == 0 {
+                "this build, f32 rows"
+            } else {
+                "before (EDGEINFER_BENCH_BEFORE_DAEMON), f64 rows"
+            };
+            println!(
+                "| {n} | {label} | {e50:.2} | {e99:.2} | {t50:.2} | {t99:.2} | {:.2} |",
+                e50 - t50
+            );
+        }
     }
     println!();
     println!("target: predict-by-entity adds ≤ 2 µs p50 at 1M entities");

@@ -115,6 +115,8 @@ struct Stager<'a> {
     store: &'a FeatureStore,
     schema: &'a FeatureSchema,
     width: usize,
+    /// The row format of the schema's stored layout (every staged row has it).
+    format: u16,
     map: Vec<Option<usize>>,
     staged: Vec<Staged>,
     report: ImportReport,
@@ -127,6 +129,7 @@ impl<'a> Stager<'a> {
             store,
             schema,
             width: stored.fields.len(),
+            format: stored.row_format(),
             map,
             staged: Vec::new(),
             report: ImportReport::default(),
@@ -201,7 +204,8 @@ impl<'a> Stager<'a> {
         let mut done = 0;
         progress(Progress { done, total });
         for chunk in rows.chunks(batch_rows.max(1)) {
-            match self.store.put(chunk) {
+            // Each row was checked when staged.
+            match self.store.put_checked(chunk, self.format) {
                 Ok(o) => {
                     self.report.written += o.written;
                     self.report.skipped_older += o.skipped_older;

@@ -378,6 +378,24 @@ impl FeatureStore {
                 }
             }
         }
+        self.write_rows(rows, |i| formats[i])
+    }
+
+    /// [`put`](Self::put) of rows the caller already passed through [`check`](Self::check)
+    /// (the importer checks each row as it stages it), all of one schema stored as `format`.
+    pub(crate) fn put_checked(
+        &self,
+        rows: &[(Vec<u8>, FeatureRow)],
+        format: u16,
+    ) -> Result<PutOutcome, FeatureError> {
+        self.write_rows(rows, |_| format)
+    }
+
+    fn write_rows(
+        &self,
+        rows: &[(Vec<u8>, FeatureRow)],
+        format_of: impl Fn(usize) -> u16,
+    ) -> Result<PutOutcome, FeatureError> {
         let mut out = PutOutcome::default();
         let mut buf = Vec::new();
         let map_size = self.map_size();
@@ -386,19 +404,23 @@ impl FeatureStore {
             lmdb(e, map_size)
         };
         let mut wtxn = self.env.write_txn().map_err(fail)?;
-        for ((key, row), &format) in rows.iter().zip(&formats) {
-            let newer = match self.rows.get(&wtxn, key).map_err(FeatureError::Store)? {
-                Some(old) => RowView::parse(old)
-                    .map(|o| o.event_ts_ms <= row.event_ts_ms)
-                    .unwrap_or(true),
-                None => true,
+        for (i, (key, row)) in rows.iter().enumerate() {
+            row.encode_into_as(format_of(i), &mut buf);
+            // One B-tree descent for a new key (the common case of an import): insert, or
+            // get the stored row. On error the transaction is dropped (aborted): nothing
+            // of this batch is kept.
+            let stored_ts = match self.rows.get_or_put(&mut wtxn, key, &buf).map_err(fail)? {
+                None => {
+                    out.written += 1;
+                    continue;
+                }
+                // A row this build cannot read is replaced.
+                Some(old) => RowView::parse(old).map(|o| o.event_ts_ms).ok(),
             };
-            if !newer {
+            if stored_ts.is_some_and(|t| t > row.event_ts_ms) {
                 out.skipped_older += 1;
                 continue;
             }
-            row.encode_into_as(format, &mut buf);
-            // On error the transaction is dropped (aborted): nothing of this batch is kept.
             self.rows.put(&mut wtxn, key, &buf).map_err(fail)?;
             out.written += 1;
         }
