@@ -233,10 +233,9 @@ impl Distribution {
                 if x.is_nan() {
                     edges.len() + 1
                 } else {
-                    // The edges are few (deciles: 9) and sorted, so the bin is the count of
-                    // edges ≤ x. Counting them without a branch costs a core less than a
-                    // binary search, whose branches real (unpredictable) inputs mispredict.
-                    edges.iter().map(|&e| (e <= x) as usize).sum()
+                    // A binary search: a branch-free count of the edges ≤ x was measured
+                    // slower (benches/costs.rs, "bin lookup").
+                    edges.partition_point(|&e| e <= x)
                 }
             }
             Distribution::Categorical { categories, .. } => {

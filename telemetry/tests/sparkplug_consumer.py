@@ -14,6 +14,7 @@ metrics without waiting for its next connect.
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +33,8 @@ if rc != 0:
     sys.exit(f"protoc failed on {proto_file}: {rc}")
 sys.path.insert(0, out_dir)
 pb = importlib.import_module(proto_name[: -len(".proto")] + "_pb2")
+# Loaded: the generated file is not needed any more (this process is killed, not stopped).
+shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def emit(obj):
