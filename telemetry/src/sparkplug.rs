@@ -770,10 +770,11 @@ impl Task {
     }
 
     fn birth_new_devices(&mut self, c: &mut Conn<'_>, s: &mut Session) {
-        let (gen, names) = self.devices.snapshot();
-        if gen == s.devices_gen {
+        // Checked on every turn of the loop: no lock or copy unless a device was added.
+        if self.devices.gen.load(Relaxed) == s.devices_gen {
             return;
         }
+        let (gen, names) = self.devices.snapshot();
         let mut all = true;
         for (i, d) in names.iter().enumerate() {
             if !s.born.contains(d) {
