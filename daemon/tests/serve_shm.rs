@@ -1,7 +1,8 @@
 //! The shared-memory transport (docs/protocol.md §11) against the real server: the goldens
 //! over the rings on both drivers, pipelining with answers out of order, rings that wrap,
 //! and hostile writers (corrupt headers, lying lengths and heads, a frame stopped half-way,
-//! a client that dies mid-request), each of which ends only its own session.
+//! a client that dies mid-request, random ring contents), each of which ends only its own
+//! session.
 
 mod serve_support;
 
@@ -404,4 +405,59 @@ fn shared_memory_is_refused_where_it_cannot_work() {
     let c = ShmClient::connect(&srv.sock, 1 << 40, "").unwrap();
     assert_eq!(c.ring_bytes(), 4 << 20);
     let _ = DType::F32;
+}
+
+#[test]
+fn random_ring_contents_never_take_the_server_down() {
+    let _g = serial();
+    let mut srv = churn_server(Driver::Epoll, Duration::from_millis(200));
+    // xorshift64: the same sequence every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let good = predict_frame(5, "churn", &churn_row(0.5), 0);
+    for round in 0..40u64 {
+        let mut c = shm(&srv);
+        let mut f = good.clone();
+        match round % 3 {
+            // A few bytes flipped anywhere, the header's fields, or all garbage.
+            0 => {
+                for _ in 0..4 {
+                    let i = next() as usize % f.len();
+                    f[i] ^= (next() as u8) | 1;
+                }
+            }
+            1 => f[8 + next() as usize % 24] = next() as u8,
+            _ => f.iter_mut().for_each(|b| *b = next() as u8),
+        }
+        c.scribble(0, &f);
+        let head = match round % 4 {
+            0 => edgeinfer_proto::align_up(f.len() as u64),
+            1 => next() & !63,
+            2 => 64,
+            _ => next(),
+        };
+        c.publish_raw_head(head);
+        if round % 2 == 0 {
+            // An answer, an ERROR, or the end of the session (a read timeout at worst):
+            // never a hang, never a crash.
+            let _ = c.recv_frame();
+        }
+        // Odd rounds: the client just goes away.
+    }
+    others_are_served(&srv);
+    let open = || {
+        srv.app()
+            .stats()
+            .shm_sessions_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait_until("every session to end", || open() == 0);
+    assert!(hostile_count(&srv) > 0);
+    // No core panicked: the cores stop cleanly.
+    srv.stop();
 }
