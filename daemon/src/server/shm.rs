@@ -849,6 +849,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_memfd_is_private_sealed_and_initialised() {
+        let ring = layout::MIN_RING_BYTES;
+        let (fd, map) = create_memfd(ring).unwrap();
+        // SAFETY: fstat/fcntl/ftruncate on the fd this test owns, into a local stat.
+        let (mode, seals, shrink, grow) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
+            (
+                st.st_mode & 0o777,
+                libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS),
+                libc::ftruncate(fd.as_raw_fd(), 4096),
+                libc::ftruncate(fd.as_raw_fd(), 1 << 30),
+            )
+        };
+        assert_eq!(mode, 0o600);
+        let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        assert_eq!(seals & want, want, "seals {seals:#x}");
+        assert!(
+            shrink < 0 && grow < 0,
+            "a client can neither shrink nor grow it"
+        );
+        assert_eq!(map.len, layout::memfd_len(ring) as usize);
+        assert_eq!(map.u32_at(0).load(Relaxed), layout::SHM_MAGIC);
+        assert_eq!(map.u64_at(layout::OFF_RING_BYTES).load(Relaxed), ring);
+        assert_eq!(map.u64_at(layout::OFF_REQ_HEAD).load(Relaxed), 0);
+    }
+
+    #[test]
     fn the_config_section_parses_and_is_bounded() {
         let c = crate::config::Config::from_toml_str(
             "[server.shm]\nmax_ring_bytes = 1048576\nspin_us = 0\n",
