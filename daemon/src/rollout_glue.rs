@@ -23,7 +23,7 @@ use std::path::Path;
 use anyhow::Context;
 use edgeinfer_rollout::{
     ArmWindow, BadRecord, Baseline, Decision, DeviceRollout, Rollback, RolloutConfig,
-    RolloutDirective, Serve, Verdict, WindowStats,
+    RolloutDirective, RolloutState, Serve, Verdict, WindowStats,
 };
 
 use crate::app::Control;
@@ -156,7 +156,15 @@ impl RolloutGlue {
                 )
             })?;
         self.mark(model);
+        self.report_state(model);
         Ok(decision)
+    }
+
+    /// Hands `model`'s arms and bad candidates to the retained status.
+    fn report_state(&self, model: &str) {
+        let serve = self.device.decision(model).map(|d| d.serve);
+        let state = RolloutState::of(model, serve.as_ref(), self.device.record());
+        crate::telemetry_glue::rollout_state(&state);
     }
 
     /// Starts a new window for `model`'s versions.
@@ -257,6 +265,7 @@ impl RolloutGlue {
                 to,
                 reason: rb.bad.reason.clone(),
             });
+            self.report_state(model);
         }
         self.mark(model);
         (verdict, rollback)

@@ -82,6 +82,8 @@ enum Msg {
     Version(String, String, Box<ModelMonitoring>),
     Feedback(FeedbackRequest, mpsc::SyncSender<FeedbackReply>),
     Connected,
+    /// What the status says changed (a model's rollout state): publish it now.
+    StatusChanged,
 }
 
 /// Where every thread sends; set once when telemetry starts. Bounded: a control thread that
@@ -503,6 +505,36 @@ pub fn feedback(req: FeedbackRequest) -> Result<Receiver<FeedbackReply>, (ErrorC
         }
     }
     Ok(rx)
+}
+
+/// Per model, the rollout state the retained status carries ([`rollout_state`]). Kept with
+/// telemetry off or not yet started too, so the first status has it.
+static ROLLOUT: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::new(BTreeMap::new());
+
+/// Sets `state.model`'s rollout state in the status (the rollout glue calls it whenever a
+/// directive is served or a candidate rolled back) and, when it changed, republishes the
+/// retained status at once: `events` are not retained, so an operator who subscribes after
+/// a rollback learns of it from the status.
+pub fn rollout_state(state: &edgeinfer_rollout::RolloutState) {
+    let Ok(v) = serde_json::to_value(state) else {
+        return;
+    };
+    let before = ROLLOUT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(state.model.clone(), v.clone());
+    if before.as_ref() != Some(&v) {
+        if let Some(tx) = SINK.get() {
+            // Rare and needed (the gate of `rollout advance` reads it): wait for room.
+            let _ = tx.send(Msg::StatusChanged);
+        }
+    }
+}
+
+/// The status's `rollout` entries now, one per model (what [`rollout_state`] last set).
+pub fn rollout_status() -> Vec<serde_json::Value> {
+    let states = ROLLOUT.lock().unwrap_or_else(|e| e.into_inner());
+    states.values().cloned().collect()
 }
 
 /// Events reported before telemetry started (engine fallbacks while the models load):
@@ -1033,6 +1065,7 @@ fn status(table: &ModelTable, outbox: &Outbox, started: Instant) -> Status {
                 + st.dropped_bytes.load(Relaxed)
                 + st.dropped_too_large.load(Relaxed),
         },
+        rollout: rollout_status(),
     }
 }
 
@@ -1282,7 +1315,7 @@ impl Control {
         'run: while !stop.load(Relaxed) {
             loop {
                 match rx.try_recv() {
-                    Ok(Msg::Connected) => {
+                    Ok(Msg::Connected | Msg::StatusChanged) => {
                         report(self.hub.status(&status(&table, self.hub.outbox(), started)))
                     }
                     Ok(m) => self.handle(m),
@@ -1393,7 +1426,7 @@ impl Control {
                 let answer = self.join(&req);
                 let _ = reply.send(answer);
             }
-            Msg::Connected => {}
+            Msg::Connected | Msg::StatusChanged => {}
         }
     }
 

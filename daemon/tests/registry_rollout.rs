@@ -209,6 +209,26 @@ fn canary_installs_and_splits_rolls_back_a_failing_candidate_and_lowering_return
     assert!(BadRecord::open(&record)
         .unwrap()
         .is_bad("churn", "2", "churn-2"));
+    // The retained status carries it (events are not retained): stable served, 2 bad in
+    // this trial, so `rollout advance` started later still sees the rollback.
+    let status = edgeinferd::telemetry_glue::rollout_status();
+    let churn = status
+        .iter()
+        .find(|s| s["model"] == "churn")
+        .unwrap_or_else(|| panic!("{status:?}"));
+    assert_eq!(
+        churn["serving"],
+        serde_json::json!([{"version": "1", "arm": "stable"}])
+    );
+    let bad = &churn["bad"][0];
+    assert_eq!(
+        (&bad["version"], &bad["salt"]),
+        (&"2".into(), &"churn-2".into())
+    );
+    assert!(
+        bad["reason"].as_str().unwrap().contains("error rate"),
+        "{bad}"
+    );
     // The next poll settles the install state and unloads the candidate.
     d.poll();
     assert_eq!(active_set(&env), ["1"]);

@@ -4,7 +4,9 @@
 //! step. No IO: the CLI subscribes to the broker and feeds [`FleetView::ingest`].
 //!
 //! The gates, like hawkBit's and Greengrass's abort thresholds but on model quality too:
-//! 1. no device reported rolling the candidate back;
+//! 1. no device reported rolling the candidate back: live, by a `model_rolled_back` event,
+//!    or in its retained status's `rollout.bad` (so a rollback is seen by an operator who
+//!    subscribes after it happened; a recorded rollback counts only for the trial's salt);
 //! 2. at least `min_canary_devices` devices report serving the candidate;
 //! 3. the candidate's fleet-wide counts, judged against the stable version's by the same
 //!    [`crate::judge::judge`] (and thresholds) the devices use, pass; too little traffic
@@ -12,12 +14,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::RolloutConfig;
 use crate::directive::RolloutDirective;
 use crate::judge::{judge, ArmWindow, Baseline, Verdict, WindowStats};
+use crate::state::{BadCandidate, RolloutState, ServedArm};
 
 /// Everything heard about one model's fleet.
 #[derive(Debug, Clone, Default)]
@@ -36,15 +39,22 @@ struct DeviceSeen {
     /// Per version: (labels, correct) over accuracy reports.
     accuracy: BTreeMap<String, (u64, f64)>,
     rollbacks: Vec<RollbackSeen>,
+    /// The last online status's `rollout` entry for the model: arms served, bad candidates.
+    arms: Vec<ServedArm>,
+    recorded: Vec<BadCandidate>,
 }
 
-/// A `model_rolled_back` event.
+/// A rollback: a `model_rolled_back` event heard live, or a bad candidate the device's
+/// retained status lists (then `salt` and `at_unix_s` are known), or both.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RollbackSeen {
     pub device: String,
     pub from: String,
     pub to: String,
     pub reason: String,
+    /// The trial's canary salt, from the status; `None` when only the event was heard.
+    pub salt: Option<String>,
+    pub at_unix_s: Option<u64>,
 }
 
 /// One version across the fleet.
@@ -59,6 +69,8 @@ pub struct VersionSummary {
     pub labels: u64,
     /// Label-weighted accuracy from feedback.
     pub accuracy: Option<f64>,
+    /// Devices serving it, per arm (`stable`, `candidate`), from their statuses.
+    pub arms: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -96,6 +108,18 @@ impl FleetView {
         match level {
             "status" => {
                 d.online = str_of("state") != Some("offline");
+                // The Last Will (`offline`) says nothing of the rollout: keep what the last
+                // online status said. An online one without `rollout` has none.
+                if d.online {
+                    let state = v
+                        .get("rollout")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| RolloutState::deserialize(r).ok())
+                        .find(|r| r.model == self.model);
+                    (d.arms, d.recorded) = state.map(|r| (r.serving, r.bad)).unwrap_or_default();
+                }
                 if let Some(models) = v.get("models").and_then(Value::as_array) {
                     d.serving = models
                         .iter()
@@ -134,6 +158,8 @@ impl FleetView {
                     from: str_of("from").unwrap_or_default().into(),
                     to: str_of("to").unwrap_or_default().into(),
                     reason: str_of("reason").unwrap_or_default().into(),
+                    salt: None,
+                    at_unix_s: None,
                 });
                 true
             }
@@ -148,11 +174,15 @@ impl FleetView {
         };
         let mut p99_weight: BTreeMap<String, f64> = BTreeMap::new();
         let mut correct: BTreeMap<String, f64> = BTreeMap::new();
-        for d in self.devices.values() {
+        for (id, d) in &self.devices {
             s.devices += 1;
             s.offline += (!d.online) as u64;
             for v in &d.serving {
                 s.versions.entry(v.clone()).or_default().devices += 1;
+            }
+            for a in &d.arms {
+                let e = s.versions.entry(a.version.clone()).or_default();
+                *e.arms.entry(a.arm.clone()).or_default() += 1;
             }
             for (v, (req, err, p99w)) in &d.latency {
                 let e = s.versions.entry(v.clone()).or_default();
@@ -164,7 +194,7 @@ impl FleetView {
                 s.versions.entry(v.clone()).or_default().labels += labels;
                 *correct.entry(v.clone()).or_default() += c;
             }
-            s.rollbacks.extend(d.rollbacks.iter().cloned());
+            s.rollbacks.extend(d.rollbacks_with_recorded(id));
         }
         for (v, e) in s.versions.iter_mut() {
             if e.requests > 0 {
@@ -176,6 +206,35 @@ impl FleetView {
             }
         }
         s
+    }
+}
+
+impl DeviceSeen {
+    /// The rollbacks heard live, each completed by the status's record of it, then those
+    /// only the record tells of.
+    fn rollbacks_with_recorded(&self, device: &str) -> Vec<RollbackSeen> {
+        let mut out = self.rollbacks.clone();
+        let stable = self.arms.iter().find(|a| a.arm == "stable");
+        for b in &self.recorded {
+            match out
+                .iter_mut()
+                .find(|r| r.from == b.version && r.salt.is_none())
+            {
+                Some(r) => {
+                    r.salt = Some(b.salt.clone());
+                    r.at_unix_s = Some(b.at_unix_s);
+                }
+                None => out.push(RollbackSeen {
+                    device: device.to_owned(),
+                    from: b.version.clone(),
+                    to: stable.map(|a| a.version.clone()).unwrap_or_default(),
+                    reason: b.reason.clone(),
+                    salt: Some(b.salt.clone()),
+                    at_unix_s: Some(b.at_unix_s),
+                }),
+            }
+        }
+        out
     }
 }
 
@@ -225,7 +284,8 @@ pub fn check_gates(
     let rolled_back: Vec<&RollbackSeen> = summary
         .rollbacks
         .iter()
-        .filter(|r| r.from == c.version)
+        // A recorded rollback from an earlier trial (another salt) does not block this one.
+        .filter(|r| r.from == c.version && r.salt.as_ref().is_none_or(|s| *s == c.canary.salt))
         .collect();
     if !rolled_back.is_empty() {
         let devices: Vec<&str> = rolled_back.iter().map(|r| r.device.as_str()).collect();

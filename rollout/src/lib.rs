@@ -7,6 +7,7 @@
 //! - [`judge`]: one window of per-arm statistics in, a verdict with its evidence out;
 //! - [`record`]: the candidates this device found bad, persisted atomically;
 //! - [`device`]: the state machine that puts them together;
+//! - [`state`]: what a device reports of its rollout in its retained status;
 //! - [`config`]: the daemon's `[rollout]` section.
 //!
 //! Architecture invariant: this crate knows no sockets, no engines, no TUF and no MQTT. The
@@ -20,6 +21,7 @@ pub mod error;
 pub mod fleet;
 pub mod judge;
 pub mod record;
+pub mod state;
 
 pub use bucket::{bucket, in_canary, Arm, BUCKETS, BUCKET_KEY};
 pub use config::{ConfigProblem, RolloutConfig};
@@ -28,3 +30,4 @@ pub use directive::{Canary, Candidate, DirectiveError, InDeviceSplit, RolloutDir
 pub use error::{Error, ErrorKind};
 pub use judge::{ArmWindow, Baseline, Failure, Verdict, WindowStats};
 pub use record::{BadRecord, BadVersion};
+pub use state::RolloutState;

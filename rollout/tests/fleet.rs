@@ -1,6 +1,6 @@
 //! The operator's fleet view from telemetry messages, and the gates of `rollout advance`.
 
-use edgeinfer_rollout::fleet::{check_gates, FleetView, Gates};
+use edgeinfer_rollout::fleet::{check_gates, FleetSummary, FleetView, Gates};
 use edgeinfer_rollout::{Canary, Candidate, RolloutConfig, RolloutDirective};
 use serde_json::json;
 
@@ -70,6 +70,14 @@ fn the_documented_telemetry_examples_are_understood() {
     );
     assert_eq!(v3.p99_us, Some(410));
     assert_eq!(v3.labels, 500);
+    // The status's rollout state: arms, and the candidate it recorded bad.
+    assert_eq!(v3.arms["candidate"], 1);
+    assert_eq!(s.rollbacks.len(), 1, "{:?}", s.rollbacks);
+    let rb = &s.rollbacks[0];
+    assert_eq!(
+        (rb.from.as_str(), rb.to.as_str(), rb.salt.as_deref()),
+        ("2", "", Some("2026-11-a"))
+    );
 }
 
 #[test]
@@ -188,4 +196,106 @@ fn an_offline_device_is_counted_as_such() {
     );
     let s = view.summary();
     assert_eq!((s.devices, s.offline), (2, 1));
+}
+
+/// A canary device's retained status after it rolled `4` back in the trial salted `salt`.
+fn rolled_back_status(salt: &str) -> serde_json::Value {
+    json!({"state": "online",
+           "models": [{"name": "churn", "version": "3", "default": true}],
+           "rollout": [
+               {"model": "fraud", "serving": [], "bad": [
+                   {"version": "4", "salt": "s", "at_unix_s": 1, "reason": "other model"}]},
+               {"model": "churn",
+                "serving": [{"version": "3", "arm": "stable"}],
+                "bad": [{"version": "4", "salt": salt, "at_unix_s": 1764579700,
+                         "reason": "error rate 0.2 above 0.004"}]}]})
+}
+
+/// 90 devices on stable 3, 10 on a healthy candidate 4.
+fn healthy_canary() -> FleetView {
+    let mut view = FleetView::new("churn");
+    report(&mut view, 0, 90, "3", 2, 400, 0.90);
+    report(&mut view, 90, 10, "4", 2, 420, 0.91);
+    view
+}
+
+fn default_gates(s: &FleetSummary) -> Vec<String> {
+    check_gates(
+        s,
+        &directive(),
+        &RolloutConfig::default(),
+        &Gates::default(),
+    )
+}
+
+#[test]
+fn a_rollback_only_the_retained_status_tells_of_stops_the_rollout() {
+    // The operator subscribed after the rollback: no event, only the retained status.
+    let mut view = healthy_canary();
+    assert!(send(
+        &mut view,
+        "edge-0093",
+        "status",
+        rolled_back_status("s")
+    ));
+    let s = view.summary();
+    assert_eq!(s.rollbacks.len(), 1, "{:?}", s.rollbacks);
+    let rb = &s.rollbacks[0];
+    assert_eq!(
+        (rb.device.as_str(), rb.from.as_str(), rb.to.as_str()),
+        ("edge-0093", "4", "3")
+    );
+    assert_eq!(
+        (rb.salt.as_deref(), rb.at_unix_s),
+        (Some("s"), Some(1764579700))
+    );
+    assert_eq!(s.versions["3"].arms["stable"], 1);
+    let refusals = default_gates(&s);
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.contains("rolled candidate 4 back: edge-0093") && r.contains("error rate")),
+        "{refusals:?}"
+    );
+
+    // The device going offline (its Last Will replaces the retained status) keeps what its
+    // last online status recorded.
+    send(
+        &mut view,
+        "edge-0093",
+        "status",
+        json!({"state": "offline"}),
+    );
+    assert_eq!(view.summary().rollbacks.len(), 1);
+}
+
+#[test]
+fn the_same_rollback_heard_live_and_retained_counts_once() {
+    let mut view = FleetView::new("churn");
+    send(
+        &mut view,
+        "edge-0093",
+        "events",
+        json!({"type": "model_rolled_back", "model": "churn",
+               "from": "4", "to": "3", "reason": "error rate 0.2 above 0.004"}),
+    );
+    send(&mut view, "edge-0093", "status", rolled_back_status("s"));
+    let s = view.summary();
+    assert_eq!(s.rollbacks.len(), 1, "{:?}", s.rollbacks);
+    assert_eq!(s.rollbacks[0].salt.as_deref(), Some("s"));
+}
+
+#[test]
+fn a_rollback_recorded_in_an_earlier_trial_does_not_block_a_new_one() {
+    let mut view = healthy_canary();
+    send(
+        &mut view,
+        "edge-0093",
+        "status",
+        rolled_back_status("old-salt"),
+    );
+    let s = view.summary();
+    assert_eq!(s.rollbacks.len(), 1);
+    let refusals = default_gates(&s);
+    assert!(refusals.is_empty(), "{refusals:?}");
 }

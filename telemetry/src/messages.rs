@@ -84,6 +84,11 @@ pub struct Status {
     pub uptime_s: u64,
     pub models: Vec<ModelState>,
     pub outbox: OutboxState,
+    /// Per model under a rollout directive, the rollout crate's `RolloutState` (arms
+    /// served, candidates recorded bad). JSON here: telemetry does not know rollouts.
+    /// Retained with the status, so an operator subscribing late still sees a rollback.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -3,7 +3,8 @@
 //! outbox sequence number from the event loop's `Outgoing::Publish` events (emitted in send
 //! order), and deletes a message only when its PUBACK arrives. After any disconnect it
 //! drops rumqttc's in-memory state (clean start) and replays the outbox from its oldest
-//! message, so delivery is at least once, in order, and a reboot loses nothing.
+//! message, so delivery is at least once, in order, and a reboot loses nothing. Reconnects
+//! wait with decorrelated jitter (`Backoff`), so a fleet does not return in lockstep.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -202,7 +203,7 @@ async fn run(
     stats: Arc<PublisherStats>,
     on_connect: Box<dyn Fn() + Send>,
 ) {
-    let mut backoff = cfg.reconnect_min;
+    let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     'connection: loop {
         if *stop.borrow() {
             return;
@@ -222,7 +223,7 @@ async fn run(
                 ev = el.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
-                        backoff = cfg.reconnect_min;
+                        backoff.reset();
                         stats.connected.store(true, Relaxed);
                         stats.connects.fetch_add(1, Relaxed);
                         on_connect();
@@ -256,10 +257,9 @@ async fn run(
                         stats.connection_errors.fetch_add(1, Relaxed);
                         tracing::debug!("telemetry broker connection: {e}");
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(backoff.next_wait()) => {}
                             _ = stop.changed() => return,
                         }
-                        backoff = (backoff * 2).min(cfg.reconnect_max);
                         continue 'connection;
                     }
                 },
@@ -326,4 +326,104 @@ fn fill(
         }
     }
     Ok(())
+}
+
+// === impl Backoff ===
+
+/// Reconnect waits with "decorrelated jitter" (AWS Architecture Blog, "Exponential Backoff
+/// and Jitter"): each wait is uniform in `[min, 3 × the previous wait]`, capped at `max`;
+/// the first is uniform in `[min, 3 × min]`, and a CONNACK starts over. Bounded to
+/// `[min, max]` always; devices cut off by one broker outage spread their returns over the
+/// whole range instead of reconnecting (and replaying their outboxes) in the same instant.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    last: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            last: min,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.last = self.min;
+    }
+
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        self.next_with(random_u64())
+    }
+
+    /// The next wait, `r` drawn uniformly from the `u64`s.
+    fn next_with(&mut self, r: u64) -> Duration {
+        let hi = self.last.saturating_mul(3).clamp(self.min, self.max);
+        let span = (hi - self.min).as_nanos();
+        // r / 2^64 of the span: uniform, and never past `hi`.
+        let add = (span * r as u128) >> 64;
+        self.last = self.min + Duration::from_nanos(add as u64);
+        self.last
+    }
+}
+
+/// A random number from the standard library's per-process random hash keys (each
+/// `RandomState` takes fresh keys): no generator crate for one draw per reconnect.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn backoff_waits_stay_within_min_and_max_and_three_times_the_last() {
+        let draws = [0, 1, u64::MAX / 3, u64::MAX / 2, u64::MAX - 1, u64::MAX];
+        for &r in &draws {
+            let mut b = Backoff::new(MIN, MAX);
+            let mut last = MIN;
+            for _ in 0..40 {
+                let w = b.next_with(r);
+                assert!(w >= MIN && w <= MAX, "{w:?} outside [{MIN:?}, {MAX:?}]");
+                assert!(w <= (last * 3).min(MAX), "{w:?} above 3 × {last:?}");
+                last = w;
+            }
+        }
+        // The lowest draw waits the floor; the highest grows by three each time to the cap.
+        let mut b = Backoff::new(MIN, MAX);
+        assert_eq!(b.next_with(0), MIN);
+        let mut b = Backoff::new(MIN, MAX);
+        let w: Vec<Duration> = (0..6).map(|_| b.next_with(u64::MAX)).collect();
+        assert!(w[0] > MIN * 3 - Duration::from_millis(1), "{w:?}");
+        assert!(w[1] > MIN * 9 - Duration::from_millis(1), "{w:?}");
+        assert!(w[5] > MAX - Duration::from_millis(1), "{w:?}");
+        // A CONNACK starts over.
+        b.reset();
+        assert!(b.next_with(u64::MAX) <= MIN * 3);
+        // max below min: the floor wins, never a zero wait.
+        let mut b = Backoff::new(MIN, Duration::ZERO);
+        assert_eq!(b.next_with(u64::MAX), MIN);
+    }
+
+    #[test]
+    fn backoff_first_waits_are_spread_not_in_lockstep() {
+        // 1,000 devices after one outage: their first waits cover [min, 3 × min].
+        let waits: Vec<Duration> = (0..1000)
+            .map(|_| Backoff::new(MIN, MAX).next_wait())
+            .collect();
+        assert!(waits.iter().all(|w| *w >= MIN && *w <= MIN * 3));
+        let low = waits.iter().filter(|w| **w < MIN * 2).count();
+        // Uniform: about half below the middle; 400..600 is over six sigmas wide.
+        assert!((400..=600).contains(&low), "{low} of 1000 below 2 × min");
+    }
 }

@@ -35,6 +35,7 @@ fn status(state: &'static str) -> Status {
             bytes: 0,
             dropped: 0,
         },
+        rollout: Vec::new(),
     }
 }
 

@@ -9,7 +9,8 @@
 //! and the messages per second the broker carried. With `--bad-candidate`, a candidate
 //! whose engine answers fail (injected at the engine boundary, as the daemon's rollback
 //! test does) is put in the canary: the canary devices must roll it back by themselves and
-//! `rollout advance` must refuse.
+//! `rollout advance` must refuse, both while the canary runs and when started only after
+//! every rollback (it then hears no event, only the devices' retained statuses).
 //!
 //! What is simulated, not real: the requests (each window a device draws per-arm request
 //! counts, errors and a p99 from fixed distributions and runs one golden sample through
@@ -41,7 +42,7 @@ use edgeinfer_rollout::bucket::bucket;
 use edgeinfer_rollout::device::decide;
 use edgeinfer_rollout::{
     Arm, ArmWindow, BadRecord, Baseline, Decision, DeviceRollout, RolloutConfig, RolloutDirective,
-    Serve, WindowStats,
+    RolloutState, Serve, WindowStats,
 };
 use edgeinfer_telemetry::config::BrokerAddr;
 use edgeinfer_telemetry::events::Event as TelemetryEvent;
@@ -372,6 +373,14 @@ impl SimDeployer {
                 bytes: 0,
                 dropped: 0,
             },
+            // As the daemon's: the arms and the bad candidates, retained.
+            rollout: serde_json::to_value(RolloutState::of(
+                &self.model,
+                Some(&serve),
+                self.rollout.record(),
+            ))
+            .into_iter()
+            .collect(),
         };
         self.link.send("status", &status, None, None);
     }
@@ -659,6 +668,20 @@ impl Device {
     }
 }
 
+/// The lines of `rollout advance`'s output from its refusal on; empty if it did not refuse.
+fn refusal_of(out: &std::process::Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("refusing to advance"))
+        .collect();
+    lines.join("\n")
+}
+
 // === the run ===
 
 #[derive(Debug, Clone, Serialize)]
@@ -698,6 +721,10 @@ struct BadReport {
     publish_to_last_rollback_s: f64,
     advance_refused: bool,
     advance_refusal: String,
+    /// A second `rollout advance`, started after every canary device rolled back: no
+    /// rollback event is published while it listens, only the retained statuses tell.
+    late_advance_refused: bool,
+    late_advance_refusal: String,
     records_on_disk: usize,
 }
 
@@ -934,11 +961,12 @@ pub fn simulate(mut a: SimulateArgs) -> Result<()> {
     }
     if let Some(b) = &report.bad {
         ensure!(
-            b.rolled_back == b.canary_devices && b.advance_refused,
-            "the bad candidate was not handled: {} of {} canary devices rolled back, advance refused: {}",
+            b.rolled_back == b.canary_devices && b.advance_refused && b.late_advance_refused,
+            "the bad candidate was not handled: {} of {} canary devices rolled back, advance refused: {}, advance started after the rollbacks refused: {}",
             b.rolled_back,
             b.canary_devices,
-            b.advance_refused
+            b.advance_refused,
+            b.late_advance_refused
         );
     }
     Ok(())
@@ -1299,14 +1327,18 @@ impl Sim {
         // The operator tries to advance while the canary runs: it must refuse. It listens
         // long enough for every canary device to poll, install, judge and roll back.
         let listen = (a.poll_ms + a.jitter_ms + 3 * a.window_ms).div_ceil(1000) + 3;
-        let mut adv: Vec<String> = vec!["rollout".into(), "advance".into()];
-        adv.extend(self.signing());
-        adv.extend([
-            "--to".into(),
-            a.steps.get(1).copied().unwrap_or(100.0).to_string(),
-        ]);
-        adv.extend(self.broker_args(listen));
-        adv.extend(["--thresholds".into(), self.thresholds.display().to_string()]);
+        let advance = |listen_s: u64| {
+            let mut adv: Vec<String> = vec!["rollout".into(), "advance".into()];
+            adv.extend(self.signing());
+            adv.extend([
+                "--to".into(),
+                a.steps.get(1).copied().unwrap_or(100.0).to_string(),
+            ]);
+            adv.extend(self.broker_args(listen_s));
+            adv.extend(["--thresholds".into(), self.thresholds.display().to_string()]);
+            adv
+        };
+        let adv = advance(listen);
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
             .args(&adv)
@@ -1346,15 +1378,13 @@ impl Sim {
         }
         serve_to_rb.sort_by(f64::total_cmp);
         let out = child.wait_with_output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let refusal: Vec<&str> = text
-            .lines()
-            .skip_while(|l| !l.contains("refusing to advance"))
-            .collect();
+        let refusal = refusal_of(&out);
+        // Retained statuses arrive at subscription: a short listen is enough.
+        let late_out = Command::new(std::env::current_exe()?)
+            .args(advance(2))
+            .stdin(Stdio::null())
+            .output()?;
+        let late_refusal = refusal_of(&late_out);
         let records = self
             .seen
             .iter()
@@ -1375,7 +1405,9 @@ impl Sim {
                 .unwrap_or(0.0),
             publish_to_last_rollback_s: (last_rollback - published).as_secs_f64(),
             advance_refused: out.status.code() == Some(1) && !refusal.is_empty(),
-            advance_refusal: refusal.join("\n"),
+            advance_refusal: refusal,
+            late_advance_refused: late_out.status.code() == Some(1) && !late_refusal.is_empty(),
+            late_advance_refusal: late_refusal,
             records_on_disk: records,
         })
     }
@@ -1459,6 +1491,10 @@ fn print_report(r: &Report) {
         println!(
             "rollout advance refused: {}\n{}",
             b.advance_refused, b.advance_refusal
+        );
+        println!(
+            "rollout advance started after the rollbacks refused: {}\n{}",
+            b.late_advance_refused, b.late_advance_refusal
         );
     }
     if r.mqtt_dropped > 0 {

@@ -52,8 +52,9 @@ struct BrokerArgs {
     /// The devices' `[telemetry] topic_prefix`.
     #[arg(long, default_value = "edgeinfer")]
     prefix: String,
-    /// How long to listen. Status is retained and arrives at once; latency, accuracy and
-    /// events count only if published while listening, so listen at least one interval.
+    /// How long to listen. Status is retained and arrives at once (with each device's arms
+    /// and recorded rollbacks); latency, accuracy and events count only if published while
+    /// listening, so listen at least one interval.
     #[arg(long, default_value_t = 10)]
     listen_s: u64,
 }
@@ -343,7 +344,7 @@ fn print_summary(s: &FleetSummary) {
         "model {}: {} devices ({} offline)",
         s.model, s.devices, s.offline
     );
-    println!("version  devices  requests  error_rate  p99_us  accuracy  labels");
+    println!("version  devices  requests  error_rate  p99_us  accuracy  labels  arms");
     for (v, e) in &s.versions {
         let rate = if e.requests > 0 {
             format!("{:.4}", e.errors as f64 / e.requests as f64)
@@ -352,14 +353,30 @@ fn print_summary(s: &FleetSummary) {
         };
         let p99 = e.p99_us.map_or("-".into(), |p| p.to_string());
         let acc = e.accuracy.map_or("-".into(), |a| format!("{a:.4}"));
+        let arms: Vec<String> = e.arms.iter().map(|(a, n)| format!("{a}:{n}")).collect();
         println!(
-            "{v:<8} {:>7} {:>9} {rate:>11} {p99:>7} {acc:>9} {:>7}",
-            e.devices, e.requests, e.labels
+            "{v:<8} {:>7} {:>9} {rate:>11} {p99:>7} {acc:>9} {:>7}  {}",
+            e.devices,
+            e.requests,
+            e.labels,
+            if arms.is_empty() {
+                "-".into()
+            } else {
+                arms.join(",")
+            }
         );
     }
     println!("rollbacks: {}", s.rollbacks.len());
     for r in &s.rollbacks {
-        println!("  {}: {} -> {}: {}", r.device, r.from, r.to, r.reason);
+        // Salt and time come from the device's retained status (its bad-version record).
+        let trial = match (&r.salt, r.at_unix_s) {
+            (Some(salt), Some(at)) => format!(" (trial salt {salt:?}, at {at})"),
+            _ => String::new(),
+        };
+        println!(
+            "  {}: {} -> {}{trial}: {}",
+            r.device, r.from, r.to, r.reason
+        );
     }
 }
 

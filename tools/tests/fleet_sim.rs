@@ -2,7 +2,8 @@
 //! release commands (three versions of the logreg fixture), mosquitto from Debian, and 20
 //! devices, each with its own state directory, through 1 % → 10 % → 100 % (the last two by
 //! `rollout advance`, which must pass its gates), then a bad candidate in the canary: its
-//! devices roll it back by themselves, record it on disk, and `rollout advance` refuses.
+//! devices roll it back by themselves, record it on disk, and `rollout advance` refuses,
+//! also when started after the rollbacks (it hears no event, only the retained statuses).
 
 mod cli_support;
 
@@ -216,5 +217,13 @@ fn twenty_devices_converge_at_each_step_and_roll_a_bad_canary_back_by_themselves
     assert_eq!(bad["advance_refused"], true, "{bad}");
     let refusal = bad["advance_refusal"].as_str().unwrap();
     assert!(refusal.contains("rolled candidate 3 back"), "{refusal}");
+    // Started after the last rollback: the refusal names the rollback (not only the
+    // candidate's missing traffic), learnt from the retained statuses alone.
+    assert_eq!(bad["late_advance_refused"], true, "{bad}");
+    let late = bad["late_advance_refusal"].as_str().unwrap();
+    assert!(
+        late.contains(&format!("{n} device(s) rolled candidate 3 back")),
+        "{late}"
+    );
     assert_eq!(r["mqtt_dropped"].as_u64(), Some(0));
 }
