@@ -182,9 +182,12 @@ fn registry_versions_are_predicted_by_entity_with_their_bundle_schema() {
     env.write();
     d.poll();
     let reason = expect_rejection(&d, n, "a clashing feature schema", |k| {
-        *k != RejectKind::Metadata(edgeinfer_registry::tuf::ErrorKind::Expired)
+        *k == RejectKind::Validation
     });
-    assert!(reason.contains("features"), "{reason}");
+    assert!(
+        reason.contains("features") && reason.contains("\"f0\" is i32"),
+        "{reason}"
+    );
     assert!(
         !d.events_since(n)
             .iter()
