@@ -505,6 +505,23 @@ fn the_judge_rolls_back_on_feedback_accuracy_and_prediction_drift_but_not_a_heal
             .into_iter()
             .find(|e| e["type"] == "model_rolled_back" && e["from"] == "2")
     });
+    // The retained status tells it too (events are not retained, an operator may subscribe
+    // later): stable served, 2 recorded bad in this trial, and schema-valid.
+    let lists_rollback = |s: &serde_json::Value| {
+        s["rollout"].as_array().is_some_and(|r| {
+            r.iter().any(|m| {
+                m["model"] == "churn"
+                    && m["serving"] == serde_json::json!([{"version": "1", "arm": "stable"}])
+                    && m["bad"][0]["version"] == "2"
+                    && m["bad"][0]["salt"] == "churn-2"
+            })
+        })
+    };
+    mqtt::wait_for(
+        "the status listing the rollback",
+        Duration::from_secs(30),
+        || published("status").into_iter().find(lists_rollback),
+    );
 
     // A new trial, drifting predictions and no FEEDBACK: rolled back on drift alone.
     traffic.labels.store(false, Relaxed);
