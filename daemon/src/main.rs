@@ -254,5 +254,6 @@ fn reload(
     let next = Config::load(args)?;
     let plan = config::reload_plan(old, &next);
     app::apply_reload(table, &plan)?;
+    edgeinferd::server::entity::rebind_config(&next, table);
     Ok((next, plan))
 }

@@ -50,7 +50,9 @@ struct Daemon {
     _dir: tempfile::TempDir,
     sock: std::path::PathBuf,
     http: std::net::SocketAddr,
-    _child: Reaper,
+    config: std::path::PathBuf,
+    notify: NotifySocket,
+    child: Reaper,
 }
 
 fn start(max_bytes: u64) -> Daemon {
@@ -91,8 +93,35 @@ fn start(max_bytes: u64) -> Daemon {
     Daemon {
         sock: dir.path().join("edgeinferd.sock"),
         http: http_addr(status),
+        config,
+        notify,
+        child,
         _dir: dir,
-        _child: child,
+    }
+}
+
+impl Daemon {
+    /// Rewrites the config with `edit`, sends SIGHUP and waits for the reload's READY=1.
+    fn reload(&mut self, edit: impl FnOnce(String) -> String) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.pid(), libc::SIGHUP) }, 0);
+        let end = Instant::now() + STARTUP;
+        let mut reloading = false;
+        loop {
+            assert!(
+                Instant::now() < end,
+                "no reload:\n{}",
+                daemon_log(&self.config)
+            );
+            if let Some(m) = self.notify.recv(Duration::from_millis(200)) {
+                reloading |= m.lines().any(|l| l == "RELOADING=1");
+                if reloading && m.lines().any(|l| l == "READY=1") {
+                    return field(&m, "STATUS").unwrap_or_default().to_owned();
+                }
+            }
+        }
     }
 }
 
@@ -612,4 +641,51 @@ fn a_full_map_is_a_feature_store_error_and_reads_go_on() {
     let mut c2 = Conn::open(&d.sock).unwrap();
     assert!(c2.get(&["keep"]).rows[0].found);
     assert!(metric(&d, "edgeinfer_features_fill_ratio") > 0.5);
+}
+
+/// A SIGHUP reload that changes a model's `[models.features]` binds the new schema: lr2
+/// moves from schema version 2 to 4, so its rows of version 2 are no longer served to it
+/// (every feature defaulted, flagged) until rows of version 4 are written.
+#[test]
+fn a_reload_binds_a_changed_feature_schema() {
+    let mut d = start(64 << 20);
+    let mut c = Conn::open(&d.sock).unwrap();
+    let now = now_ms();
+    c.put(2, vec![row("k", now, &full_values(WIDTH))]);
+    let schema_of = |c: &mut Conn| {
+        let (h, body) = c.call(Opcode::PredictByEntity, &entity_req("lr2", &["k"]));
+        expect_op(&h, &body, Opcode::PredictByEntityResponse);
+        let v = decode_predict_by_entity_response(&h, &body, &Limits::DEFAULT).unwrap();
+        (v.response.schema_version, v.response.rows[0].clone())
+    };
+    let (sv, r) = schema_of(&mut c);
+    assert_eq!(sv, 2);
+    assert!(
+        r.found && !r.version_mismatch && r.defaulted.is_empty(),
+        "{r:?}"
+    );
+
+    let status = d.reload(|t| {
+        let old = "[models.features]\nversion = 2\n";
+        assert_eq!(t.matches(old).count(), 1, "{t}");
+        t.replace(old, "[models.features]\nversion = 4\n")
+    });
+    assert!(!status.contains("failed"), "{status}");
+    let mut c = Conn::open(&d.sock).unwrap();
+    let (sv, r) = schema_of(&mut c);
+    assert_eq!(sv, 4, "the reloaded schema is bound");
+    assert!(r.found && r.version_mismatch, "{r:?}");
+    assert_eq!(r.defaulted, (0..WIDTH as u32).collect::<Vec<_>>());
+    c.put(4, vec![row("k", now + 1, &full_values(WIDTH))]);
+    let (sv, r) = schema_of(&mut c);
+    assert_eq!(sv, 4);
+    assert!(
+        r.found && !r.version_mismatch && r.defaulted.is_empty(),
+        "{r:?}"
+    );
+    // The other models kept their schema.
+    let (h, body) = c.call(Opcode::PredictByEntity, &entity_req("lr", &["k"]));
+    expect_op(&h, &body, Opcode::PredictByEntityResponse);
+    let v = decode_predict_by_entity_response(&h, &body, &Limits::DEFAULT).unwrap();
+    assert_eq!(v.response.schema_version, 1);
 }

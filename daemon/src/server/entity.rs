@@ -74,8 +74,9 @@ pub struct Features {
     /// (under `binding`) when the registry installs a version.
     assemblers: ArcSwap<Assemblers>,
     binding: Mutex<()>,
-    /// `[models.features]` by model name: for registry versions whose bundle has none.
-    config_schemas: HashMap<String, FeatureSchema>,
+    /// `[models.features]` by model name: for registry versions whose bundle has none
+    /// (replaced by a SIGHUP reload, [`rebind_config`]).
+    config_schemas: Mutex<HashMap<String, FeatureSchema>>,
     writer: Mutex<SyncSender<WriteJob>>,
     max_key_bytes: usize,
     _expiry: Option<Expiry>,
@@ -225,7 +226,7 @@ fn open(cfg: &Config, c: &CacheConfig, cores: usize) -> anyhow::Result<Features>
         store,
         assemblers: ArcSwap::from_pointee(assemblers),
         binding: Mutex::new(()),
-        config_schemas,
+        config_schemas: Mutex::new(config_schemas),
         writer: Mutex::new(tx),
         max_key_bytes: c.max_key_bytes as usize,
         _expiry: expiry,
@@ -421,8 +422,8 @@ pub fn prepare_binding(
             check_input(name, version, &a, info)?;
             Some(Arc::new(a))
         }
-        None => f.config_schemas.get(name).and_then(|s| {
-            let a = Assembler::new(&f.store, schema_of(s))
+        None => config_schema(f, name).and_then(|s| {
+            let a = Assembler::new(&f.store, schema_of(&s))
                 .map(Arc::new)
                 .map_err(anyhow::Error::from)
                 .and_then(|a| check_input(name, version, &a, info).map(|()| a));
@@ -440,6 +441,51 @@ pub fn prepare_binding(
         version: version.to_owned(),
         assembler,
     }))
+}
+
+/// The config's schema for model `name`, if any.
+fn config_schema(f: &Features, name: &str) -> Option<FeatureSchema> {
+    let schemas = f.config_schemas.lock().unwrap_or_else(|p| p.into_inner());
+    schemas.get(name).cloned()
+}
+
+/// After a SIGHUP reload (the new versions already in `table`): binds the
+/// `[models.features]` of every configured version again from `cfg`, so a table that was
+/// added or changed takes effect, and a removed one unbinds its version. A table that does
+/// not bind or fit its model is logged and leaves that version predicted by tensor only;
+/// the rest of the reload stands. Versions from the registry keep their bundle's schema.
+pub fn rebind_config(cfg: &Config, table: &ModelTable) {
+    let Some(f) = FEATURES.get() else { return };
+    let snap = table.snapshot();
+    let mut schemas = HashMap::new();
+    for m in &cfg.models {
+        let info = snap
+            .versions()
+            .find(|v| v.name == m.name && v.version == m.version)
+            .map(|v| v.model.info.clone());
+        let assembler = match (&m.features, info) {
+            (Some(schema), Some(info)) => {
+                schemas.insert(m.name.clone(), schema.clone());
+                let a = Assembler::new(&f.store, schema_of(schema))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|a| check_input(&m.name, &m.version, &a, &info).map(|()| a));
+                match a {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        tracing::warn!(model = %m.name, version = %m.version, "reload: models.features not bound, predicted by tensor only: {e:#}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        install_binding(Binding {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            assembler,
+        });
+    }
+    *f.config_schemas.lock().unwrap_or_else(|p| p.into_inner()) = schemas;
 }
 
 /// Publishes a prepared binding: PREDICT_BY_ENTITY for `name`@`version` assembles with it
