@@ -36,7 +36,7 @@ use crate::drift::{DriftReport, Level};
 use crate::error::{Error, ErrorKind, Result};
 use crate::latency::LatencyReport;
 use crate::outbox::{NewMessage, Outbox, StoredMessage};
-use crate::publisher::base_options;
+use crate::publisher::{base_options, Backoff};
 
 /// The Sparkplug B payload (Tahu's `org.eclipse.tahu.protobuf.Payload`), the fields edgeinfer
 /// uses. Tags must stay equal to `telemetry/proto/sparkplug_b.proto`.
@@ -640,7 +640,9 @@ impl Conn<'_> {
 
 impl Task {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = self.cfg.reconnect_min;
+        // The JSON profile's decorrelated jitter: a fleet cut off by one outage does not
+        // return (and birth) in lockstep.
+        let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         'connection: loop {
             if *stop.borrow() {
                 return;
@@ -652,7 +654,7 @@ impl Task {
                 Err(e) => {
                     tracing::warn!("Sparkplug bdSeq: {e}");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                         _ = stop.changed() => return,
                     }
                     continue 'connection;
@@ -679,7 +681,7 @@ impl Task {
                 tokio::select! {
                     ev = el.poll() => match ev {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            backoff = self.cfg.reconnect_min;
+                            backoff.reset();
                             self.stats.connected.store(true, Relaxed);
                             self.stats.connects.fetch_add(1, Relaxed);
                             // NCMD before NBIRTH (tck-id-message-flow-edge-node-ncmd-subscribe).
@@ -730,10 +732,9 @@ impl Task {
                             self.stats.connected.store(false, Relaxed);
                             tracing::debug!("Sparkplug broker connection: {e}");
                             tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
+                                _ = tokio::time::sleep(backoff.next_wait()) => {}
                                 _ = stop.changed() => return,
                             }
-                            backoff = (backoff * 2).min(self.cfg.reconnect_max);
                             continue 'connection;
                         }
                     },
