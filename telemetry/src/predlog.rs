@@ -107,13 +107,15 @@ impl PredictionLog {
         let (by_id, by_entity) = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| {
                 // "by_id" held one entry per prediction (before runs): a log in that
-                // layout is dropped (a join cache; ids continue above the wall clock).
-                if let Some(old) =
-                    dbo.open_database::<U64<BigEndian>, Bytes>(wtxn, Some("by_id"))?
-                {
-                    old.clear(wtxn)?;
-                    let e = dbo.create_database::<Bytes, Unit>(wtxn, Some("by_entity"))?;
-                    e.clear(wtxn)?;
+                // layout is emptied once (a join cache; ids continue above the wall clock),
+                // with its entity keys, which name ids of that layout.
+                let old = dbo.open_database::<U64<BigEndian>, Bytes>(wtxn, Some("by_id"))?;
+                if let Some(old) = old {
+                    if !old.is_empty(wtxn)? {
+                        old.clear(wtxn)?;
+                        let e = dbo.create_database::<Bytes, Unit>(wtxn, Some("by_entity"))?;
+                        e.clear(wtxn)?;
+                    }
                 }
                 let a = dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("runs"))?;
                 let b = dbo.create_database::<Bytes, Unit>(wtxn, Some("by_entity"))?;
@@ -564,5 +566,15 @@ mod tests {
             ErrorKind::UnknownRequestId
         );
         assert!(log.len().unwrap() < 610);
+        // A restart keeps the log, entity keys included.
+        log.insert(&[rec(9_001, 15_300, "e7", 2.0)]).unwrap();
+        drop(log);
+        let log = PredictionLog::open(dir.path(), 16 << 20, 5_000, clock).unwrap();
+        assert_eq!(log.max_id().unwrap(), Some(9_001));
+        let by = log.lookup(&FeedbackKey::Entity {
+            entity: "e7",
+            ts_ms: 15_300,
+        });
+        assert_eq!(by.unwrap().output, 2.0);
     }
 }
