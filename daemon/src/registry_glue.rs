@@ -416,24 +416,8 @@ impl Deployer for DaemonDeployer {
     }
 
     fn event(&mut self, ev: &AgentEvent) {
-        match ev {
-            AgentEvent::Installed { model, version, .. } => {
-                crate::telemetry_glue::emit(Event::ModelInstalled {
-                    model: model.clone(),
-                    version: version.clone(),
-                })
-            }
-            AgentEvent::Rejected {
-                model,
-                version,
-                kind,
-                reason,
-            } => crate::telemetry_glue::emit(Event::ModelRejected {
-                model: model.clone(),
-                version: version.clone(),
-                reason: format!("{kind:?}: {reason}"),
-            }),
-            AgentEvent::Unreachable { .. } => {}
+        if let Some(e) = ev.telemetry() {
+            crate::telemetry_glue::emit(e);
         }
         if let Ok(mut e) = self.log.events.lock() {
             e.push(ev.clone());

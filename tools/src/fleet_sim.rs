@@ -475,30 +475,15 @@ impl Deployer for SimDeployer {
     }
 
     fn event(&mut self, ev: &AgentEvent) {
-        match ev {
-            AgentEvent::Installed { model, version, .. } => {
-                self.seen.lock().unwrap().installs += 1;
-                self.emit(TelemetryEvent::ModelInstalled {
-                    model: model.clone(),
-                    version: version.clone(),
-                });
+        let Some(e) = ev.telemetry() else { return };
+        match &e {
+            TelemetryEvent::ModelInstalled { .. } => self.seen.lock().unwrap().installs += 1,
+            TelemetryEvent::ModelRejected { reason, .. } => {
+                self.seen.lock().unwrap().rejects.push(reason.clone())
             }
-            AgentEvent::Rejected {
-                model,
-                version,
-                kind,
-                reason,
-            } => {
-                let reason = format!("{kind:?}: {reason}");
-                self.seen.lock().unwrap().rejects.push(reason.clone());
-                self.emit(TelemetryEvent::ModelRejected {
-                    model: model.clone(),
-                    version: version.clone(),
-                    reason,
-                });
-            }
-            AgentEvent::Unreachable { .. } => {}
+            _ => {}
         }
+        self.emit(e);
     }
 }
 

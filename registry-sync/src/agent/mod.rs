@@ -87,6 +87,31 @@ pub enum AgentEvent {
     Unreachable { reason: String },
 }
 
+impl AgentEvent {
+    /// The telemetry event an operator sees for this (the daemon's and the fleet
+    /// simulation's deployers both publish it); none for `Unreachable`, which is retried.
+    pub fn telemetry(&self) -> Option<edgeinfer_telemetry::events::Event> {
+        use edgeinfer_telemetry::events::Event;
+        match self {
+            AgentEvent::Installed { model, version, .. } => Some(Event::ModelInstalled {
+                model: model.clone(),
+                version: version.clone(),
+            }),
+            AgentEvent::Rejected {
+                model,
+                version,
+                kind,
+                reason,
+            } => Some(Event::ModelRejected {
+                model: model.clone(),
+                version: version.clone(),
+                reason: format!("{kind:?}: {reason}"),
+            }),
+            AgentEvent::Unreachable { .. } => None,
+        }
+    }
+}
+
 /// A version downloaded and hash-checked, waiting for validation.
 #[derive(Debug, Clone)]
 pub struct StagedRelease {
