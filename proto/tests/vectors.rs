@@ -7,8 +7,8 @@
 //!
 //! The feature-cache messages (PREDICT_BY_ENTITY, PUT_FEATURES, GET_FEATURES) have their
 //! vectors in proto/tests/vectors/features/, checked here the same way against the §10.9-13
-//! examples (`<!-- expect-features:NAME -->`). They sit beside the shared ones, not among
-//! them, because the Python client does not speak those opcodes yet.
+//! examples (`<!-- expect-features:NAME -->`). They sit in a directory of their own (they
+//! came after the Python client); python/tests/test_vectors.py reads both.
 
 use std::path::{Path, PathBuf};
 

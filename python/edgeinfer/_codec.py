@@ -13,6 +13,8 @@ import struct
 
 import numpy as np
 
+from .errors import InputError, ProtocolError
+
 MAGIC = 0x464E4945
 VERSION = 1
 HEADER_LEN = 32
@@ -29,11 +31,16 @@ METADATA = 0x03
 HEALTH = 0x04
 PREDICT_BY_ENTITY = 0x05
 FEEDBACK = 0x06
+PUT_FEATURES = 0x07
+GET_FEATURES = 0x08
 HELLO_RESPONSE = 0x81
 PREDICT_RESPONSE = 0x82
 METADATA_RESPONSE = 0x83
 HEALTH_RESPONSE = 0x84
+PREDICT_BY_ENTITY_RESPONSE = 0x85
 FEEDBACK_RESPONSE = 0x86
+PUT_FEATURES_RESPONSE = 0x87
+GET_FEATURES_RESPONSE = 0x88
 ERROR = 0xFF
 OPCODES = {
     0x01: "HELLO",
@@ -150,8 +157,9 @@ def read_varint(buf, pos: int, end: int) -> tuple[int, int]:
 
 # === messages (§5) ===
 # field kinds: str, u32, u64, i64, f64 (double), bool, bytes, optstr (proto3 `optional string`),
-# rstr (repeated string), pu32 / pu64 / pi64 (packed repeated scalars), and ("msg", Name)
-# for a repeated message.
+# rstr (repeated string), rbytes (repeated bytes), pu32 / pu64 / pi64 (packed repeated
+# scalars), ("msg", Name) for a repeated message and ("opt", Name) for a singular one (None =
+# absent; present even when empty, as prost's Some(default)).
 
 SCHEMAS: dict[str, list[tuple[int, str, object]]] = {
     "TensorMeta": [(1, "name", "str"), (2, "dtype", "u32"), (3, "shape", "pu64"),
@@ -185,6 +193,28 @@ SCHEMAS: dict[str, list[tuple[int, str, object]]] = {
                     (4, "ready", "bool"), (5, "default", "bool"), (6, "requests", "u64"),
                     (7, "errors", "u64")],
     "HealthResponse": [(1, "ready", "bool"), (2, "models", ("msg", "ModelStatus"))],
+    # The feature cache (§3, proto/src/features.rs; worked examples §10.9-10.13).
+    "FeatureOverride": [(1, "row", "u32"), (2, "feature", "str"), (3, "value", "f64")],
+    "PredictByEntityRequest": [(1, "model", "str"), (2, "version", "optstr"),
+                               (3, "keys", "rbytes"), (4, "outputs", "rstr"),
+                               (5, "deadline_us", "u64"), (6, "routing_key", "bytes"),
+                               (7, "overrides", ("msg", "FeatureOverride")),
+                               (8, "schema_version", "u32")],
+    "EntityRowReport": [(1, "found", "bool"), (2, "version_mismatch", "bool"),
+                        (3, "defaulted", "pu32"), (4, "stale", "pu32"),
+                        (5, "event_ts_ms", "i64")],
+    "PredictByEntityResponse": [(1, "prediction", ("opt", "PredictResponse")),
+                                (2, "rows", ("msg", "EntityRowReport")),
+                                (3, "schema_version", "u32")],
+    "FeatureValue": [(1, "name", "str"), (2, "value", "f64")],
+    "FeatureRowMsg": [(1, "entity", "bytes"), (2, "event_ts_ms", "i64"),
+                      (3, "values", ("msg", "FeatureValue"))],
+    "PutFeaturesRequest": [(1, "schema_version", "u32"), (2, "rows", ("msg", "FeatureRowMsg"))],
+    "PutFeaturesResponse": [(1, "written", "u64"), (2, "skipped_older", "u64")],
+    "GetFeaturesRequest": [(1, "entities", "rbytes")],
+    "StoredFeatures": [(1, "found", "bool"), (2, "event_ts_ms", "i64"),
+                       (3, "schema_version", "u32"), (4, "values", ("msg", "FeatureValue"))],
+    "GetFeaturesResponse": [(1, "rows", ("msg", "StoredFeatures"))],
 }
 
 # The metadata message of each opcode (None: no message defined in v1).
@@ -199,18 +229,24 @@ MESSAGE_OF = {
     HEALTH_RESPONSE: "HealthResponse",
     FEEDBACK: "FeedbackRequest",
     FEEDBACK_RESPONSE: "FeedbackResponse",
+    PREDICT_BY_ENTITY: "PredictByEntityRequest",
+    PREDICT_BY_ENTITY_RESPONSE: "PredictByEntityResponse",
+    PUT_FEATURES: "PutFeaturesRequest",
+    PUT_FEATURES_RESPONSE: "PutFeaturesResponse",
+    GET_FEATURES: "GetFeaturesRequest",
+    GET_FEATURES_RESPONSE: "GetFeaturesResponse",
     ERROR: "ErrorResponse",
 }
-TAKES_DATA = (PREDICT, PREDICT_RESPONSE)
+TAKES_DATA = (PREDICT, PREDICT_RESPONSE, PREDICT_BY_ENTITY_RESPONSE)
 _DEFAULTS = {"str": "", "u32": 0, "u64": 0, "i64": 0, "f64": 0.0, "bool": False, "bytes": b"",
-             "optstr": None, "rstr": (), "pu32": (), "pu64": (), "pi64": ()}
+             "optstr": None, "rstr": (), "rbytes": (), "pu32": (), "pu64": (), "pi64": ()}
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 
 
 def default_of(kind) -> object:
     if isinstance(kind, tuple):
-        return []
+        return None if kind[0] == "opt" else []
     d = _DEFAULTS[kind]
     return list(d) if isinstance(d, tuple) else d
 
@@ -227,7 +263,7 @@ def encode_message(name: str, fields: dict) -> bytes:
         if v is None:
             continue
         if isinstance(kind, tuple):
-            for m in v:
+            for m in ([v] if kind[0] == "opt" else v):
                 out.append(_len_field(tag, encode_message(kind[1], m)))
         elif kind in ("str", "optstr"):
             if v or kind == "optstr":
@@ -238,6 +274,9 @@ def encode_message(name: str, fields: dict) -> bytes:
         elif kind == "rstr":
             for s in v:
                 out.append(_len_field(tag, s.encode()))
+        elif kind == "rbytes":
+            for b in v:
+                out.append(_len_field(tag, bytes(b)))
         elif kind in ("pu32", "pu64", "pi64"):
             if len(v):
                 out.append(_len_field(tag, b"".join(varint(int(x)) for x in v)))
@@ -302,7 +341,7 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
         # scalars may come either way).
         if kind in ("pu32", "pu64", "pi64"):
             ok = wt in (0, 2)
-        elif isinstance(kind, tuple) or kind in ("str", "optstr", "bytes", "rstr"):
+        elif isinstance(kind, tuple) or kind in ("str", "optstr", "bytes", "rstr", "rbytes"):
             ok = wt == 2
         elif kind == "f64":
             ok = wt == 1
@@ -311,7 +350,11 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
         if not ok:
             raise CodecError(BAD_FRAME, f"metadata does not decode: wrong wire type for {key}")
         if isinstance(kind, tuple):
-            out[key].append(decode_message(kind[1], buf, payload[0], payload[1]))
+            m = decode_message(kind[1], buf, payload[0], payload[1])
+            if kind[0] == "opt":
+                out[key] = m  # sent twice, prost merges the two; no sender does, the last is kept
+            else:
+                out[key].append(m)
         elif kind in ("str", "optstr", "rstr"):
             try:
                 s = bytes(buf[payload[0]:payload[1]]).decode()
@@ -323,6 +366,8 @@ def decode_message(name: str, buf, start: int = 0, end: int | None = None) -> di
                 out[key] = s
         elif kind == "bytes":
             out[key] = bytes(buf[payload[0]:payload[1]])
+        elif kind == "rbytes":
+            out[key].append(bytes(buf[payload[0]:payload[1]]))
         elif kind in ("pu32", "pu64", "pi64"):
             scalar = {"pu32": "u32", "pu64": "u64", "pi64": "i64"}[kind]
             if wt == 0:
@@ -425,24 +470,36 @@ def validate_tensors(metas: list[dict], data_len: int, limits: dict | None = Non
                          f"need {end}")
 
 
+def _tensor_holder(opcode: int, message: dict) -> tuple[dict, str]:
+    """(the dict, its key) holding the TensorMeta list of a frame that carries tensors."""
+    if opcode == PREDICT:
+        return message, "inputs"
+    if opcode == PREDICT_BY_ENTITY_RESPONSE:
+        return message["prediction"], "outputs"
+    return message, "outputs"
+
+
 def encode_frame(opcode: int, request_id: int, message: dict | None = None,
                  tensors: list[np.ndarray] | None = None, message_name: str | None = None,
                  flags: int = 0) -> bytes:
-    """A whole frame as bytes (tests, vectors, rare messages). For PREDICT and
-    PREDICT_RESPONSE, `tensors` are named by the message's inputs/outputs, which are laid
+    """A whole frame as bytes (tests, vectors, rare messages). For PREDICT, PREDICT_RESPONSE
+    and PREDICT_BY_ENTITY_RESPONSE (its `prediction`'s outputs), `tensors` are named by the message's inputs/outputs, which are laid
     out here: each dict needs only `name`; dtype, shape, offset and length are filled in."""
     name = message_name or MESSAGE_OF[opcode]
     message = dict(message or {})
     parts = []
     data_len = 0
     if tensors is not None:
-        key = "inputs" if opcode == PREDICT else "outputs"
+        if opcode == PREDICT_BY_ENTITY_RESPONSE:
+            # The outputs are those of the embedded PredictResponse.
+            message["prediction"] = dict(message.get("prediction") or {})
+        holder, key = _tensor_holder(opcode, message)
         specs = []
         # tobytes() is row-major whatever the array's strides; astype keeps 0-d arrays 0-d.
         tensors = [np.asarray(a).astype(a.dtype.newbyteorder("<"), copy=False) for a in tensors]
-        for meta, arr in zip(message[key], tensors):
+        for meta, arr in zip(holder[key], tensors):
             specs.append((meta["name"], DTYPE_CODES[arr.dtype], arr.shape, arr.nbytes))
-        message[key], data_len = layout(specs)
+        holder[key], data_len = layout(specs)
         for i, arr in enumerate(tensors):
             b = arr.tobytes()
             parts.append(b)
@@ -478,13 +535,165 @@ def decode_frame(buf, limits: dict | None = None) -> tuple[dict, dict | None, li
     msg = decode_message(name, buf, HEADER_LEN, meta_end)
     tensors = []
     if op in TAKES_DATA:
-        key = "inputs" if op == PREDICT else "outputs"
-        validate_tensors(msg[key], h["data_len"], limits)
+        if op == PREDICT_BY_ENTITY_RESPONSE and msg["prediction"] is None:
+            # As the Rust codec: an absent prediction reads as an empty one.
+            msg["prediction"] = decode_message("PredictResponse", b"")
+        holder, key = _tensor_holder(op, msg)
+        validate_tensors(holder[key], h["data_len"], limits)
         if op == PREDICT and len(msg["outputs"]) > limits["max_tensors"]:
             raise CodecError(BAD_INPUT, f"{len(msg['outputs'])} outputs exceed the limit")
-        for m in msg[key]:
+        for m in holder[key]:
             dt = DTYPES[m["dtype"]]
             n = m["length"] // dt.itemsize
             a = np.frombuffer(buf, dtype=dt, count=n, offset=data_offset + m["offset"])
             tensors.append(a.reshape(m["shape"]))
     return h, msg, tensors
+
+
+# === the feature cache (§3: PREDICT_BY_ENTITY, PUT_FEATURES, GET_FEATURES) ===
+# Request fields are built and checked here, shared by the blocking and asyncio clients;
+# what the server alone can check (the schema, the store) it refuses with BAD_INPUT or
+# FEATURE_STORE.
+
+
+def entity_key(key) -> bytes:
+    """An entity key as the wire carries it: str as UTF-8, bytes-like as is."""
+    if isinstance(key, str):
+        b = key.encode()
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        b = bytes(key)
+    else:
+        raise InputError(f"an entity key is str or bytes, not {type(key).__name__}")
+    if not b:
+        raise InputError("an entity key is empty")
+    return b
+
+
+def entity_keys(keys) -> list[bytes]:
+    """One key (str or bytes) or an iterable of them."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        return [entity_key(keys)]
+    return [entity_key(k) for k in keys]
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} is a number, not {type(v).__name__}")
+    return float(v)
+
+
+def predict_by_entity_fields(model: str, keys, version=None, overrides=None, outputs=None,
+                             deadline_us=None, routing_key=None, schema_version: int = 0
+                             ) -> dict:
+    """The PredictByEntityRequest of a call. `overrides`: {row: {feature: value}} or an
+    iterable of (row, feature, value), rows indexing `keys`."""
+    ks = entity_keys(keys)
+    if not ks:
+        raise InputError("PREDICT_BY_ENTITY needs at least one entity key")
+    if overrides is None:
+        items = []
+    elif hasattr(overrides, "items"):
+        items = [(r, name, v) for r, fv in overrides.items() for name, v in fv.items()]
+    else:
+        items = [tuple(o) for o in overrides]
+    ovs = []
+    for o in items:
+        if len(o) != 3:
+            raise InputError(f"an override is (row, feature, value), not {o!r}")
+        row, name, v = o
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)) \
+                or not 0 <= row < len(ks):
+            raise InputError(f"an override names row {row!r} of a request with {len(ks)} keys")
+        if not isinstance(name, str) or not name:
+            raise InputError(f"an override names feature {name!r}: a non-empty str")
+        ovs.append({"row": int(row), "feature": name,
+                    "value": _number(v, f"override {name!r} of row {row}")})
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    rk = routing_key.encode() if isinstance(routing_key, str) else bytes(routing_key or b"")
+    if not 0 <= int(schema_version) < (1 << 32):
+        raise InputError(f"schema_version {schema_version} is not a u32")
+    return {"model": model, "version": version, "keys": ks, "outputs": list(outputs or []),
+            "deadline_us": int(deadline_us or 0), "routing_key": rk, "overrides": ovs,
+            "schema_version": int(schema_version)}
+
+
+def put_features_fields(rows, schema_version: int) -> dict:
+    """The PutFeaturesRequest of a call. Each row is (entity, event_ts_ms, {name: value}) or
+    a dict with those keys (`entity`, `event_ts_ms`, `values`); a value of None is left
+    absent (the store serves the default)."""
+    out = []
+    for r in rows:
+        if isinstance(r, dict):
+            try:
+                entity, ts, values = r["entity"], r["event_ts_ms"], r["values"]
+            except KeyError as e:
+                raise InputError(f"a feature row needs {e.args[0]!r}") from None
+        else:
+            try:
+                entity, ts, values = r
+            except (TypeError, ValueError):
+                raise InputError("a feature row is (entity, event_ts_ms, {name: value})") \
+                    from None
+        if isinstance(ts, bool) or not isinstance(ts, (int, np.integer)):
+            raise InputError(f"event_ts_ms is an int (Unix ms), not {type(ts).__name__}")
+        if not hasattr(values, "items"):
+            raise InputError("a feature row's values are {name: value}")
+        vs = [{"name": n, "value": _number(v, f"feature {n!r}")}
+              for n, v in values.items() if v is not None]
+        out.append({"entity": entity_key(entity), "event_ts_ms": int(ts), "values": vs})
+    if not 0 <= int(schema_version) < (1 << 32):
+        raise InputError(f"schema_version {schema_version} is not a u32")
+    return {"schema_version": int(schema_version), "rows": out}
+
+
+def stored_features(msg: dict) -> list[dict]:
+    """GET_FEATURES_RESPONSE rows as {found, event_ts_ms, schema_version, values: {name:
+    value}} (values in the stored layout's order; empty when not found)."""
+    return [{"found": r["found"], "event_ts_ms": r["event_ts_ms"],
+             "schema_version": r["schema_version"],
+             "values": {v["name"]: v["value"] for v in r["values"]}} for r in msg["rows"]]
+
+
+class EntityPrediction:
+    """The answer to PREDICT_BY_ENTITY: `outputs` ({name: numpy array}, views over the
+    received frame, as `predict` returns), `rows` (one report per key, in order:
+    {found, version_mismatch, defaulted, stale, event_ts_ms}, feature indexes in the
+    model's feature order), `schema_version`, and the PREDICT_RESPONSE's `model`,
+    `version`, `backend`, `queue_us`, `compute_us`, `prediction_id`. `result[name]` is
+    `result.outputs[name]`."""
+
+    __slots__ = ("outputs", "rows", "schema_version", "model", "version", "backend",
+                 "queue_us", "compute_us", "prediction_id")
+
+    def __getitem__(self, name: str):
+        return self.outputs[name]
+
+    def __repr__(self):
+        return (f"EntityPrediction(outputs={sorted(self.outputs)}, rows={self.rows!r}, "
+                f"schema_version={self.schema_version}, version={self.version!r})")
+
+
+def decode_entity_response(buf, meta_end: int, data_offset: int, total: int,
+                           limits: dict | None = None) -> EntityPrediction:
+    """A PREDICT_BY_ENTITY_RESPONSE whose header was checked: outputs viewed in place."""
+    try:
+        msg = decode_message("PredictByEntityResponse", buf, HEADER_LEN, meta_end)
+        p = msg["prediction"] or decode_message("PredictResponse", b"")
+        data_len = total - data_offset
+        validate_tensors(p["outputs"], data_len, limits)
+    except CodecError as e:
+        raise ProtocolError(f"unreadable PREDICT_BY_ENTITY_RESPONSE: {e}") from None
+    r = EntityPrediction()
+    r.outputs = {}
+    for m in p["outputs"]:
+        dt = DTYPES[m["dtype"]]
+        a = np.frombuffer(buf, dtype=dt, count=m["length"] // dt.itemsize,
+                          offset=data_offset + m["offset"])
+        r.outputs[m["name"]] = a.reshape(m["shape"])
+    r.rows = msg["rows"]
+    r.schema_version = msg["schema_version"]
+    r.model, r.version, r.backend = p["model"], p["version"], p["backend"]
+    r.queue_us, r.compute_us, r.prediction_id = p["queue_us"], p["compute_us"], \
+        p["prediction_id"]
+    return r

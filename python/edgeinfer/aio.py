@@ -194,6 +194,12 @@ class _Conn:
                 if p.pin is None and p.spec.version and ver != p.spec.version:
                     self.client._specs.pop((p.spec.name, None), None)
                 fut.set_result(out)
+            elif p.want == c.PREDICT_BY_ENTITY_RESPONSE:
+                if op != c.PREDICT_BY_ENTITY_RESPONSE:
+                    raise ProtocolError("expected PREDICT_BY_ENTITY_RESPONSE, got opcode "
+                                        f"{op:#04x}")
+                fut.set_result(c.decode_entity_response(buf, 32 + ml, data_offset, total,
+                                                        self.client.limits))
             elif p.want is None:
                 fut.set_result((op, bytes(buf[32:32 + ml]), bytes(buf[data_offset:total])))
             else:
@@ -422,6 +428,30 @@ class AsyncClient:
         head = parts[0]
         parts[0] = head[:8] + rid.to_bytes(8, "little") + head[16:]
         return await self._submit(conn, rid, parts, c.PREDICT_RESPONSE, spec, version)
+
+    # === the feature cache ===
+
+    async def predict_by_entity(self, model: str, keys, version: str | None = None,
+                                overrides=None, outputs=None, deadline_us: int | None = None,
+                                routing_key=None, schema_version: int = 0
+                                ) -> c.EntityPrediction:
+        """As `Client.predict_by_entity`."""
+        # Checked before waiting for a slot: bad input never waits.
+        fields = c.predict_by_entity_fields(model, keys, version, overrides, outputs,
+                                            deadline_us, routing_key, schema_version)
+        return await self._call(c.PREDICT_BY_ENTITY, c.PREDICT_BY_ENTITY_RESPONSE,
+                                "PredictByEntityRequest", fields)
+
+    async def put_features(self, rows, schema_version: int) -> dict:
+        """As `Client.put_features`."""
+        return await self._call(c.PUT_FEATURES, c.PUT_FEATURES_RESPONSE, "PutFeaturesRequest",
+                                c.put_features_fields(rows, schema_version))
+
+    async def get_features(self, entities) -> list[dict]:
+        """As `Client.get_features`."""
+        msg = await self._call(c.GET_FEATURES, c.GET_FEATURES_RESPONSE, "GetFeaturesRequest",
+                               {"entities": c.entity_keys(entities)})
+        return c.stored_features(msg)
 
     async def metadata(self, model: str, version: str | None = None) -> dict:
         return f.named_dtypes(await self._call(c.METADATA, c.METADATA_RESPONSE,

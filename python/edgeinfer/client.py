@@ -291,6 +291,51 @@ class Client:
                 self._specs.pop(key, None)
             return out
 
+    # === the feature cache ===
+
+    def predict_by_entity(self, model: str, keys, version: str | None = None, overrides=None,
+                          outputs=None, deadline_us: int | None = None, routing_key=None,
+                          schema_version: int = 0) -> c.EntityPrediction:
+        """PREDICT_BY_ENTITY (docs/protocol.md §3, §10.9): the server assembles one feature
+        row per entity key (str or bytes, or one key) from its store in the model's feature
+        order and runs `model`. `overrides` replace stored values: {row: {feature: value}}
+        or (row, feature, value) items. `schema_version` (0 = any) is the feature schema the
+        caller was built for; another is refused (BadInput). Returns an `EntityPrediction`:
+        `outputs` as `predict` returns them plus, per key, which features were defaulted or
+        stale. A server without a feature store raises NotImplementedByServer."""
+        fields = c.predict_by_entity_fields(model, keys, version, overrides, outputs,
+                                            deadline_us, routing_key, schema_version)
+        with self._lock:
+            if self._sock is None:
+                self._connect()
+            rid = self._next_id()
+            frame = f.encode_message_frame(c.PREDICT_BY_ENTITY, rid, "PredictByEntityRequest",
+                                           fields)
+            buf, op, ml, data_offset, ftotal = self._exchange([frame], len(frame), rid)
+            if op != c.PREDICT_BY_ENTITY_RESPONSE:
+                self._close()
+                raise ProtocolError(f"expected PREDICT_BY_ENTITY_RESPONSE, got opcode {op:#04x}")
+            r = c.decode_entity_response(buf, 32 + ml, data_offset, ftotal, self.limits)
+            self.last_response = (r.version, r.backend, r.queue_us, r.compute_us)
+            return r
+
+    def put_features(self, rows, schema_version: int) -> dict:
+        """PUT_FEATURES (§10.11): writes rows, each (entity, event_ts_ms, {name: value}) or a
+        dict with those keys, under feature schema `schema_version`, all or nothing in one
+        transaction. A row older by event time than the stored one is skipped. Returns
+        {written, skipped_older}; a full store raises FeatureStore, a row the schema refuses
+        BadInput (nothing of the request is written either way)."""
+        return self._call(c.PUT_FEATURES, c.PUT_FEATURES_RESPONSE, "PutFeaturesRequest",
+                          c.put_features_fields(rows, schema_version))
+
+    def get_features(self, entities) -> list[dict]:
+        """GET_FEATURES (§10.12): the stored rows of `entities` (one key or several), in
+        order, each {found, event_ts_ms, schema_version, values: {name: value}}; a key not
+        stored is found False with no values, not an error."""
+        msg = self._call(c.GET_FEATURES, c.GET_FEATURES_RESPONSE, "GetFeaturesRequest",
+                         {"entities": c.entity_keys(entities)})
+        return c.stored_features(msg)
+
     def _load_spec(self, model, version):
         if not self.validate:
             spec = f.unchecked_spec(model, version)
@@ -390,6 +435,18 @@ class ClientPool:
     def predict(self, model, inputs, **kwargs) -> dict:
         with self.client() as cl:
             return cl.predict(model, inputs, **kwargs)
+
+    def predict_by_entity(self, model, keys, **kwargs):
+        with self.client() as cl:
+            return cl.predict_by_entity(model, keys, **kwargs)
+
+    def put_features(self, rows, schema_version: int) -> dict:
+        with self.client() as cl:
+            return cl.put_features(rows, schema_version)
+
+    def get_features(self, entities) -> list[dict]:
+        with self.client() as cl:
+            return cl.get_features(entities)
 
     def metadata(self, model, version=None) -> dict:
         with self.client() as cl:

@@ -17,7 +17,9 @@ from edgeinfer.errors import ERRORS, ServerError, server_error
 
 from conftest import REPO
 
-VECTORS = sorted((REPO / "proto/tests/vectors").glob("*.json"))
+# The feature-cache opcodes' vectors (§10.9-10.13) sit in their own directory.
+VECTORS = sorted((REPO / "proto/tests/vectors").glob("*.json")) + \
+    sorted((REPO / "proto/tests/vectors/features").glob("*.json"))
 LOADED = [json.loads(p.read_text()) for p in VECTORS]
 VALID = [v for v in LOADED if "refused" not in v]
 REFUSED = [v for v in LOADED if "refused" in v]
@@ -34,6 +36,10 @@ def fields_of(v) -> dict:
         for tag, key, kind in c.SCHEMAS[name]:
             if kind == "bytes":
                 d[key] = bytes.fromhex(d[key])
+            elif kind == "rbytes":
+                d[key] = [bytes.fromhex(x) for x in d[key]]
+            elif isinstance(kind, tuple) and kind[0] == "opt":
+                d[key] = None if d.get(key) is None else conv(kind[1], d[key])
             elif isinstance(kind, tuple):
                 d[key] = [conv(kind[1], m) for m in d[key]]
         return d
@@ -113,10 +119,80 @@ def test_the_clients_response_decoder_reads_the_vector(v):
         assert np.shares_memory(out[t["name"]], np.frombuffer(buf, np.uint8)), "a view"
 
 
+ENTITY_REQUESTS = [v for v in VALID if v["message"]["type"] == "PredictByEntityRequest"]
+
+
+@pytest.mark.parametrize("v", ENTITY_REQUESTS, ids=[v["name"] for v in ENTITY_REQUESTS])
+def test_the_clients_entity_request_fields_make_the_vector_bytes(v):
+    """What Client.predict_by_entity sends, from its own arguments (str keys, overrides as
+    {row: {feature: value}}), is the vector's frame."""
+    fd = fields_of(v)
+    overrides = {}
+    for o in fd["overrides"]:
+        overrides.setdefault(o["row"], {})[o["feature"]] = o["value"]
+    fields = c.predict_by_entity_fields(
+        fd["model"], [k.decode() for k in fd["keys"]], fd["version"], overrides,
+        fd["outputs"], fd["deadline_us"], fd["routing_key"], fd["schema_version"])
+    frame = f.encode_message_frame(c.PREDICT_BY_ENTITY, v["header"]["request_id"],
+                                   "PredictByEntityRequest", fields)
+    assert frame.hex() == unhex(v["frame"]).hex()
+
+
+ENTITY_RESPONSES = [v for v in VALID if v["message"]["type"] == "PredictByEntityResponse"]
+
+
+@pytest.mark.parametrize("v", ENTITY_RESPONSES, ids=[v["name"] for v in ENTITY_RESPONSES])
+def test_the_clients_entity_response_decoder_reads_the_vector(v):
+    buf = bytearray(unhex(v["frame"]))
+    op, rid, ml, data_offset, total = f.check_header(buf, c.DEFAULT_LIMITS)
+    assert (op, rid, total) == (c.PREDICT_BY_ENTITY_RESPONSE, v["header"]["request_id"],
+                                len(buf))
+    r = c.decode_entity_response(buf, 32 + ml, data_offset, total)
+    fields = fields_of(v)
+    p = fields["prediction"]
+    assert (r.model, r.version, r.backend, r.queue_us, r.compute_us, r.prediction_id) == \
+        (p["model"], p["version"], p["backend"], p["queue_us"], p["compute_us"],
+         p["prediction_id"])
+    assert r.rows == fields["rows"] and r.schema_version == fields["schema_version"]
+    for t, a in zip(v["tensors"], arrays_of(v)):
+        np.testing.assert_array_equal(r[t["name"]], a)
+        assert r[t["name"]].dtype == a.dtype
+        assert np.shares_memory(r[t["name"]], np.frombuffer(buf, np.uint8)), "a view"
+
+
+def test_an_entity_response_whose_data_disagrees_is_a_protocol_error():
+    from edgeinfer.errors import ProtocolError
+    v = next(v for v in REFUSED if v["name"] == "predict_by_entity_response_bytes_after_outputs")
+    buf = bytearray(unhex(v["frame"]))
+    op, rid, ml, data_offset, total = f.check_header(buf, c.DEFAULT_LIMITS)
+    with pytest.raises(ProtocolError):
+        c.decode_entity_response(buf, 32 + ml, data_offset, total)
+
+
+def test_feature_request_fields_refuse_bad_arguments_before_sending():
+    from edgeinfer.errors import InputError
+    for bad in ([], [""], [3], ["k", None]):
+        with pytest.raises(InputError):
+            c.predict_by_entity_fields("m", bad)
+    with pytest.raises(InputError):
+        c.predict_by_entity_fields("m", ["a"], overrides={1: {"x": 1.0}})  # row 1 of 1 key
+    with pytest.raises(InputError):
+        c.predict_by_entity_fields("m", ["a"], overrides=[(0, "x", "1")])  # not a number
+    with pytest.raises(InputError):
+        c.put_features_fields([("a", 1.5, {"x": 1.0})], 1)  # event time not an int
+    with pytest.raises(InputError):
+        c.put_features_fields([{"entity": "a", "values": {}}], 1)  # no event time
+    assert c.entity_keys("one") == [b"one"] and c.entity_keys([b"a", "b"]) == [b"a", b"b"]
+    got = c.put_features_fields([("a", 5, {"x": 1, "y": None})], 2)
+    assert got == {"schema_version": 2, "rows": [
+        {"entity": b"a", "event_ts_ms": 5, "values": [{"name": "x", "value": 1.0}]}]}
+
+
 def doc_blocks() -> dict[str, list[str]]:
     doc = (REPO / "docs/protocol.md").read_text()
     return {m.group(1): m.group(2).splitlines()
-            for m in re.finditer(r"<!-- expect:([\w-]+) -->\s*```text\n(.*?)```", doc, re.S)}
+            for m in re.finditer(r"<!-- expect(?:-features)?:([\w-]+) -->\s*```text\n(.*?)```",
+                                 doc, re.S)}
 
 
 def test_every_worked_example_of_the_spec_is_a_vector():
