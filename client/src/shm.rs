@@ -25,6 +25,9 @@ use crate::{ClientError, PredictOptions, PredictResult};
 
 /// How long the client polls for an answer (or ring space) before sleeping on the doorbell.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// Polls of the ring between two clock reads while spinning: a clock read costs about as
+/// much as the poll itself on a VM (60-90 ns), and would double the time to notice.
+const POLLS_PER_CLOCK: u32 = 32;
 
 /// A shared-memory session with an edgeinfer server.
 pub struct ShmClient {
@@ -39,14 +42,26 @@ pub struct ShmClient {
     wr: u64,
     /// Where the next answer starts (our response tail, published when it is released).
     rd: u64,
+    /// The server's request tail as last read: room is taken from this copy, and the
+    /// shared word (a cache line the server writes) is read only when the copy says full.
+    req_tail: u64,
+    /// 1 + the CPU this client last published (`OFF_CLIENT_CPU`), 0 = none yet.
+    cpu: u32,
     /// The answer lent by the last `recv_frame` ends here: released at the next call.
     lent_end: Option<u64>,
     conn: Conn,
     /// Reused between PREDICTs so its strings and vectors keep their capacity.
     req: edgeinfer_proto::PredictRequest,
+    /// The last PREDICT's encoded header and metadata (request id at bytes 8..16): a
+    /// PREDICT with the same model, options and input specs reuses it as it is.
     head_buf: Vec<u8>,
+    head_valid: bool,
+    /// (offset in the data section, length) of each input of the PREDICT being written.
+    metas: Vec<(usize, usize)>,
     server: HelloResponse,
     spin: Duration,
+    /// Times this client slept on the doorbell.
+    doorbell_waits: u64,
 }
 
 // SAFETY: the mapping is owned by this value alone (the raw pointer is what stops the
@@ -63,7 +78,6 @@ pub struct ShmRequest<'a> {
     next: u64,
     wrap_at: Option<usize>,
     id: u64,
-    metas: Vec<(usize, usize)>,
 }
 
 impl ShmClient {
@@ -121,12 +135,17 @@ impl ShmClient {
             ring,
             wr: 0,
             rd: 0,
+            req_tail: 0,
+            cpu: 0,
             lent_end: None,
             conn,
             req: Default::default(),
             head_buf: Vec::with_capacity(256),
+            head_valid: false,
+            metas: Vec::new(),
             server,
             spin: DEFAULT_SPIN,
+            doorbell_waits: 0,
         };
         if c.u32_at(0).load(Acquire) != layout::SHM_MAGIC
             || c.u64_at(layout::OFF_RING_BYTES).load(Relaxed) != ring
@@ -160,6 +179,19 @@ impl ShmClient {
     /// Requests sent and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.conn.in_flight
+    }
+
+    /// The CPU the server says this session runs on, once it said so.
+    pub fn server_cpu(&self) -> Option<u32> {
+        self.u32_at(layout::OFF_SERVER_CPU)
+            .load(Relaxed)
+            .checked_sub(1)
+    }
+
+    /// How many times this client has slept on the doorbell (it polled for its spin time,
+    /// or not at all when it shares the server's CPU, and found nothing).
+    pub fn doorbell_waits(&self) -> u64 {
+        self.doorbell_waits
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
@@ -208,14 +240,39 @@ impl ShmClient {
         }
     }
 
-    /// Polls `ready` for the spin time, then sleeps on the doorbell until it holds.
-    fn wait_for(&self, ready: impl Fn(&ShmClient) -> bool) -> Result<(), ClientError> {
-        let start = Instant::now();
-        while !ready(self) {
-            if start.elapsed() < self.spin {
-                std::hint::spin_loop();
-                continue;
+    /// Whether the server's session runs on the CPU this thread runs on now; publishes
+    /// this thread's CPU for the server's own check when it changed.
+    fn shares_cpu_with_server(&mut self) -> bool {
+        let mine = current_cpu();
+        if mine != self.cpu {
+            self.cpu = mine;
+            self.u32_at(layout::OFF_CLIENT_CPU).store(mine, Relaxed);
+        }
+        mine != 0 && self.u32_at(layout::OFF_SERVER_CPU).load(Relaxed) == mine
+    }
+
+    /// Polls `ready` for the spin time (not at all when the server runs on this CPU: it
+    /// could not run while we spin), then sleeps on the doorbell until it holds.
+    fn wait_for(&mut self, ready: impl Fn(&ShmClient) -> bool) -> Result<(), ClientError> {
+        if ready(self) {
+            return Ok(());
+        }
+        if !self.spin.is_zero() && !self.shares_cpu_with_server() {
+            let start = Instant::now();
+            loop {
+                for _ in 0..POLLS_PER_CLOCK {
+                    if ready(self) {
+                        return Ok(());
+                    }
+                    std::hint::spin_loop();
+                }
+                if start.elapsed() >= self.spin {
+                    break;
+                }
             }
+        }
+        let mut waits = 0;
+        while !ready(self) {
             let sleeping = self.u32_at(layout::OFF_CLIENT_SLEEPING);
             sleeping.store(1, Relaxed);
             fence(SeqCst);
@@ -224,6 +281,7 @@ impl ShmClient {
                 break;
             }
             let mut b = [0u8; 64];
+            waits += 1;
             let n = (&self.doorbell).read(&mut b);
             sleeping.store(0, Relaxed);
             match n {
@@ -238,6 +296,7 @@ impl ShmClient {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.doorbell_waits += waits;
         Ok(())
     }
 
@@ -251,7 +310,10 @@ impl ShmClient {
             },
         ))?;
         let (next, ring) = (place.next(), self.ring);
-        self.wait_for(|c| next - c.u64_at(layout::OFF_REQ_TAIL).load(Acquire) <= ring)?;
+        if next - self.req_tail > ring {
+            self.wait_for(|c| next - c.u64_at(layout::OFF_REQ_TAIL).load(Acquire) <= ring)?;
+            self.req_tail = self.u64_at(layout::OFF_REQ_TAIL).load(Acquire);
+        }
         let wrap_at =
             matches!(place, layout::Placement::Wrapped { .. }).then_some((self.wr % ring) as usize);
         Ok((place.offset(ring) as usize, wrap_at, next))
@@ -280,27 +342,37 @@ impl ShmClient {
         opts: &PredictOptions,
     ) -> Result<ShmRequest<'_>, ClientError> {
         let id = self.conn.next_id();
-        let r = &mut self.req;
-        set_request(r, model, opts);
-        r.inputs.clear();
+        let same = self.head_valid && self.same_predict(model, inputs, opts);
+        self.metas.clear();
         let mut next = 0u64;
         let mut end = 0u64;
-        let mut metas = Vec::with_capacity(inputs.len());
-        for (name, dtype, shape) in inputs {
+        for (_, dtype, shape) in inputs {
             let length = byte_len(*dtype, shape)
                 .ok_or_else(|| protocol("an input's size overflows 64 bits"))?;
-            r.inputs.push(TensorMeta {
-                name: (*name).to_owned(),
-                dtype: dtype.code(),
-                shape: shape.to_vec(),
-                offset: next,
-                length,
-            });
-            metas.push((next as usize, length as usize));
+            self.metas.push((next as usize, length as usize));
             end = next + length;
             next = align_up(end);
         }
-        encode_frame_head(Opcode::Predict, 0, id, &self.req, end, &mut self.head_buf)?;
+        if same {
+            // The metadata is the last PREDICT's: only the request id differs.
+            self.head_buf[8..16].copy_from_slice(&id.to_le_bytes());
+        } else {
+            self.head_valid = false;
+            let r = &mut self.req;
+            set_request(r, model, opts);
+            r.inputs.clear();
+            for ((name, dtype, shape), &(offset, length)) in inputs.iter().zip(&self.metas) {
+                r.inputs.push(TensorMeta {
+                    name: (*name).to_owned(),
+                    dtype: dtype.code(),
+                    shape: shape.to_vec(),
+                    offset: offset as u64,
+                    length: length as u64,
+                });
+            }
+            encode_frame_head(Opcode::Predict, 0, id, &self.req, end, &mut self.head_buf)?;
+            self.head_valid = true;
+        }
         let data_offset = self.head_buf.len();
         let len = (data_offset as u64) + end;
         let (at, wrap_at, next) = self.reserve(len)?;
@@ -319,8 +391,33 @@ impl ShmClient {
             next,
             wrap_at,
             id,
-            metas,
         })
+    }
+
+    /// Whether a PREDICT of `model` with these inputs and options encodes to the same
+    /// metadata as the one in `head_buf`.
+    fn same_predict(
+        &self,
+        model: &str,
+        inputs: &[(&str, DType, &[u64])],
+        opts: &PredictOptions,
+    ) -> bool {
+        let r = &self.req;
+        let deadline_us = opts.deadline.map_or(0, |d| {
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+        });
+        r.model == model
+            && r.version == opts.version
+            && r.outputs == opts.outputs
+            && r.routing_key == opts.routing_key
+            && r.deadline_us == deadline_us
+            && r.inputs.len() == inputs.len()
+            && r.inputs
+                .iter()
+                .zip(inputs)
+                .all(|(m, (name, dtype, shape))| {
+                    m.name == *name && m.dtype == dtype.code() && m.shape == *shape
+                })
     }
 
     /// Sends a PREDICT, copying `inputs` into the ring (use [`ShmClient::begin_predict`] to
@@ -431,6 +528,13 @@ impl ShmClient {
         self.wake_server();
     }
 
+    /// Stores any value in the client's CPU word (`1 + cpu` says "I run on `cpu`"); the
+    /// client writes its real CPU there again when it next waits from another CPU.
+    pub fn claim_cpu_word(&mut self, word: u32) {
+        self.u32_at(layout::OFF_CLIENT_CPU).store(word, Relaxed);
+        self.cpu = word;
+    }
+
     /// Writes `bytes` at `offset` of the request ring without publishing anything.
     pub fn scribble(&mut self, offset: usize, bytes: &[u8]) {
         let end = offset.saturating_add(bytes.len()).min(self.ring as usize);
@@ -455,7 +559,7 @@ impl Drop for ShmClient {
 impl ShmRequest<'_> {
     /// The bytes of input `i`, in the ring, to fill.
     pub fn input(&mut self, i: usize) -> &mut [u8] {
-        let (off, len) = self.metas[i];
+        let (off, len) = self.client.metas[i];
         // SAFETY: inside the frame reserved in the request ring, which nothing else writes
         // until it is published.
         unsafe {
@@ -470,7 +574,7 @@ impl ShmRequest<'_> {
     pub fn send(self) -> u64 {
         // Zero the gaps between tensors: the server ignores them, but stale ring bytes
         // should not leave the client.
-        for w in self.metas.windows(2) {
+        for w in self.client.metas.windows(2) {
             let (off, len) = w[0];
             let gap = w[1].0 - (off + len);
             // SAFETY: the gap lies inside the reserved frame.
@@ -487,6 +591,13 @@ impl ShmRequest<'_> {
         self.client.publish(self.wrap_at, self.next);
         self.id
     }
+}
+
+/// 1 + the CPU this thread runs on, 0 when the kernel does not say.
+fn current_cpu() -> u32 {
+    // SAFETY: no arguments; glibc answers from rseq or the vDSO (no syscall on Linux).
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).map_or(0, |c| c + 1)
 }
 
 fn protocol(msg: &str) -> ClientError {

@@ -189,6 +189,102 @@ fn shm_pipelines_and_answers_out_of_order() {
     assert!(first > 0, "answers came back in request order: {order:?}");
 }
 
+#[test]
+fn answers_wait_for_room_in_the_response_ring() {
+    // 100 answers of 64 rows are far more than the 64 KiB response ring holds while the
+    // client sends and reads none: the server waits for the client's tail (loading it only
+    // when its own copy says full), the request ring keeps moving meanwhile (a request's
+    // bytes are given back when it has run), and every answer arrives whole and in place.
+    let _g = serial();
+    let srv = churn_server(Driver::Epoll, Duration::from_secs(10));
+    let mut c = shm(&srv);
+    let g = golden("churn_rf");
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..100 {
+        ids.insert(
+            c.send_predict("churn", &[g.input.view()], &PredictOptions::default())
+                .unwrap(),
+        );
+    }
+    let mut answered = 0u64;
+    while !ids.is_empty() {
+        let (h, body) = c.recv_frame().unwrap();
+        assert!(ids.remove(&h.request_id), "one answer per request");
+        answered += h.frame_len();
+        let v = decode_predict_response(&h, body).unwrap();
+        let outs: Vec<Tensor> = v.outputs().map(|t| t.to_tensor()).collect();
+        assert_matches(&outs, &g.outputs);
+    }
+    assert!(answered > c.ring_bytes(), "{answered} bytes of answers");
+    c.predict(
+        "churn",
+        &[churn_row(0.5).view()],
+        &PredictOptions::default(),
+    )
+    .unwrap();
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: u32) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_client_on_the_servers_cpu_sleeps_instead_of_polling() {
+    // On the server's CPU neither side can run while the other spins: the server says
+    // where its session runs, and a client there sleeps on the doorbell at once, however
+    // long its spin is set (the server, seeing the client's CPU, does the same). Every
+    // answer still comes, through the doorbell.
+    let _g = serial();
+    let srv = churn_server(Driver::Epoll, Duration::from_secs(10));
+    let g1 = golden("churn_rf.1");
+    let run = |c: &mut ShmClient, n: usize| {
+        for _ in 0..n {
+            let r = c
+                .predict("churn", &[g1.input.view()], &PredictOptions::default())
+                .unwrap();
+            assert_matches(&r.outputs, &g1.outputs);
+        }
+    };
+    let sock = srv.sock.clone();
+    let (waits, n) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = ShmClient::connect(&sock, 64 << 10, "").unwrap();
+            run(&mut c, 1);
+            let cpu = c
+                .server_cpu()
+                .expect("the server says where its session runs");
+            pin_to(cpu);
+            c.set_spin(Duration::from_secs(3600));
+            let before = c.doorbell_waits();
+            run(&mut c, 200);
+            (c.doorbell_waits() - before, 200)
+        })
+        .join()
+        .unwrap()
+    });
+    // Polling for an hour would have taken no doorbell wait at all; the few answers that
+    // are ready at the first look (the client preempted after publishing) take none.
+    assert!(waits >= n / 2, "{waits} doorbell waits for {n} requests");
+    // A client that lies about its CPU (here: claims the server's while it is elsewhere)
+    // only makes the server sleep sooner: it is served through the doorbell.
+    let mut c = shm(&srv);
+    run(&mut c, 1);
+    let cpu = c.server_cpu().unwrap();
+    c.claim_cpu_word(cpu + 1);
+    c.set_spin(Duration::ZERO);
+    run(&mut c, 20);
+    others_are_served(&srv);
+}
+
 /// A healthy client on the same server, over the socket and over shared memory.
 fn others_are_served(srv: &TestServer) {
     served(&mut srv.client());
@@ -435,6 +531,8 @@ fn random_ring_contents_never_take_the_server_down() {
             _ => f.iter_mut().for_each(|b| *b = next() as u8),
         }
         c.scribble(0, &f);
+        // Any value in the client's CPU word: the server only compares it with its own.
+        c.claim_cpu_word(next() as u32);
         let head = match round % 4 {
             0 => edgeinfer_proto::align_up(f.len() as u64),
             1 => next() & !63,

@@ -34,6 +34,12 @@ pub const OFF_RESP_TAIL: usize = 256;
 pub const OFF_SERVER_SLEEPING: usize = 320;
 /// u32 written by the client: 1 while it waits on the doorbell for the server.
 pub const OFF_CLIENT_SLEEPING: usize = 384;
+/// u32 written by the server: 1 + the CPU its session runs on, 0 = not said. A side whose
+/// peer runs on its own CPU does not poll (the peer cannot run while it spins): it sleeps
+/// on the doorbell at once.
+pub const OFF_SERVER_CPU: usize = 448;
+/// u32 written by the client: 1 + the CPU it last ran on, 0 = not said.
+pub const OFF_CLIENT_CPU: usize = 512;
 
 /// Smallest ring the server grants, and the granularity of ring sizes (a power of two).
 pub const MIN_RING_BYTES: u64 = 64 << 10;

@@ -190,6 +190,11 @@ pub struct BenchArgs {
     /// With --shm: bytes asked for each ring.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", requires = "shm")]
     pub shm_ring_bytes: u64,
+    /// With --shm: microseconds the client polls for its answer before it sleeps on the
+    /// doorbell (0 = sleep at once). It never polls while the server's session runs on
+    /// the client's own CPU.
+    #[arg(long, value_name = "US", requires = "shm")]
+    pub shm_spin_us: Option<u64>,
     /// Connections, one thread each.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -953,9 +958,13 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let ring = a.shm_ring_bytes;
+        let spin = a.shm_spin_us.map(Duration::from_micros);
         let open = move || -> anyhow::Result<ShmExchange> {
-            let client = ShmClient::connect(&path, ring, token.as_deref().unwrap_or(""))
+            let mut client = ShmClient::connect(&path, ring, token.as_deref().unwrap_or(""))
                 .with_context(|| format!("asking {} for shared memory", path.display()))?;
+            if let Some(spin) = spin {
+                client.set_spin(spin);
+            }
             Ok(ShmExchange {
                 client,
                 model: model.clone(),

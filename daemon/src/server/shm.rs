@@ -39,6 +39,9 @@ use crate::config::Problem;
 const SPIN_SLICE: Duration = Duration::from_micros(5);
 /// Frames taken from the ring in one turn before answers are written and others run.
 const BURST: usize = 64;
+/// Polls of the ring between two clock reads while spinning: a clock read costs about as
+/// much as the poll itself on a VM (60-90 ns), and would double the time to notice work.
+const POLLS_PER_CLOCK: u32 = 32;
 
 /// `[server.shm]`: the shared-memory transport's bounds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -409,6 +412,12 @@ struct Session {
     released: Cell<u64>,
     /// Where the next answer goes (the published response head).
     wr: Cell<u64>,
+    /// The client's response tail as last loaded and checked: room is taken from this
+    /// copy, and the shared word (a line the client writes) is loaded only when the copy
+    /// says full, so an answer does not wait for that line to cross cores.
+    resp_tail: Cell<u64>,
+    /// 1 + the CPU this session last published (`OFF_SERVER_CPU`).
+    cpu: Cell<u32>,
     /// What the rings held when the session last found nothing to do, so that polling
     /// can tell new work from old.
     idle_head: Cell<u64>,
@@ -452,6 +461,8 @@ impl Session {
             first_token: Cell::new(0),
             released: Cell::new(0),
             wr: Cell::new(0),
+            resp_tail: Cell::new(0),
+            cpu: Cell::new(0),
             idle_head: Cell::new(0),
             idle_tail: Cell::new(0),
             blocked: Cell::new(false),
@@ -482,6 +493,19 @@ impl Session {
         }
     }
 
+    /// Whether the client said it runs on this session's CPU: then polling only keeps it
+    /// from running, and the session sleeps on the doorbell at once. Publishes this
+    /// session's CPU for the client's own check when it changed.
+    fn shares_cpu(&self) -> bool {
+        // SAFETY: no arguments; glibc answers from rseq or the vDSO (no syscall).
+        let mine = u32::try_from(unsafe { libc::sched_getcpu() }).map_or(0, |c| c + 1);
+        if mine != self.cpu.get() {
+            self.cpu.set(mine);
+            self.map.u32_at(layout::OFF_SERVER_CPU).store(mine, Relaxed);
+        }
+        mine != 0 && self.map.u32_at(layout::OFF_CLIENT_CPU).load(Relaxed) == mine
+    }
+
     /// Reads the doorbell empty; false when the client's end is closed (it is gone).
     fn drain_doorbell(&self) -> bool {
         let mut sink = [0u8; 256];
@@ -497,6 +521,8 @@ impl Session {
             };
             match n {
                 0 => return false,
+                // Less than asked for: the stream is empty now (no second, failing recv).
+                n if n > 0 && (n as usize) < sink.len() => return true,
                 n if n > 0 => continue,
                 _ => return io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock,
             }
@@ -648,15 +674,7 @@ impl Session {
             };
             let h = Header::decode(&r.head).expect("the core encodes valid headers");
             let len = h.frame_len();
-            let tail = self.map.u64_at(layout::OFF_RESP_TAIL).load(Acquire);
             let wr = self.wr.get();
-            if !tail.is_multiple_of(edgeinfer_proto::ALIGN) || tail > wr || wr - tail > ring {
-                core.recycle(r);
-                return Err(Broken::new(format!(
-                    "the response ring's tail {tail} is not a 64-aligned position from {} to {wr}",
-                    wr.saturating_sub(ring)
-                )));
-            }
             let Some(place) = layout::place(wr, len, ring) else {
                 let msg = format!(
                     "the answer of {len} bytes is larger than the response ring ({ring} bytes): \
@@ -667,6 +685,19 @@ impl Session {
                 self.conn.answers().push_front(e);
                 continue;
             };
+            let mut tail = self.resp_tail.get();
+            if place.next() - tail > ring {
+                // Full by our copy: load the client's word (once) and check it.
+                tail = self.map.u64_at(layout::OFF_RESP_TAIL).load(Acquire);
+                if !tail.is_multiple_of(edgeinfer_proto::ALIGN) || tail > wr || wr - tail > ring {
+                    core.recycle(r);
+                    return Err(Broken::new(format!(
+                        "the response ring's tail {tail} is not a 64-aligned position from {} to {wr}",
+                        wr.saturating_sub(ring)
+                    )));
+                }
+                self.resp_tail.set(tail);
+            }
             if place.next() - tail > ring {
                 // No room until the client reads: the write timeout runs meanwhile.
                 self.conn.answers().push_front(r);
@@ -719,7 +750,10 @@ impl Session {
 
     async fn run(self: Rc<Self>) {
         let core = self.conn.core.clone();
+        // Says where this session runs before the client first waits.
+        self.shares_cpu();
         let mut last_work = Instant::now();
+        let mut worked = false;
         let mut turns = 0u32;
         let ended = loop {
             if self.conn.is_broken() {
@@ -737,25 +771,42 @@ impl Session {
             if stopping && self.conn.in_flight() == 0 && self.conn.answers().is_empty() {
                 break Ok("the session is done (shutdown, or a closing error was answered)");
             }
-            let now = Instant::now();
             if wrote || read {
-                last_work = now;
-                self.conn
-                    .note_io(now, self.partial_since.get(), self.write_since.get());
+                // No clock read per request: the time of the work is taken at the next
+                // idle turn (a turn later), and every 16 busy turns for the timeouts.
+                worked = true;
                 turns += 1;
                 if turns.is_multiple_of(16) {
+                    self.conn.note_io(
+                        Instant::now(),
+                        self.partial_since.get(),
+                        self.write_since.get(),
+                    );
                     super::notify::yield_now().await;
                 }
                 continue;
             }
+            let now = Instant::now();
+            if worked {
+                last_work = now;
+                worked = false;
+            }
             self.conn
                 .note_io(last_work, self.partial_since.get(), self.write_since.get());
-            if now.saturating_duration_since(last_work) < self.spin {
+            if now.saturating_duration_since(last_work) < self.spin && !self.shares_cpu() {
                 // Poll the ring without a syscall for a slice, then let the core's other
                 // tasks (its executor, its sockets) run.
                 let until = now + SPIN_SLICE;
-                while !self.work_visible() && Instant::now() < until {
-                    std::hint::spin_loop();
+                'slice: loop {
+                    for _ in 0..POLLS_PER_CLOCK {
+                        if self.work_visible() {
+                            break 'slice;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
                 }
                 super::notify::yield_now().await;
                 continue;
