@@ -1,7 +1,9 @@
 //! The vendored monoio fix the epoll read loop relies on (vendor/monoio/EDGEINFER-PATCH.md):
 //! after a short read from a stream socket the socket is no longer marked readable, so the
 //! next read waits for epoll instead of failing with EAGAIN first; data that comes later
-//! still wakes it, and an end of stream is still seen.
+//! still wakes it, and an end of stream is still seen. And the second fix: an accepted
+//! socket is watched for reads only until a write first finds it full, so answers the peer
+//! reads do not wake a parked core; such a write then waits for room and goes on.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -79,4 +81,54 @@ fn the_end_of_stream_after_a_short_read_is_seen() {
         };
         assert_eq!(n, 0);
     });
+}
+
+#[test]
+fn an_accepted_socket_that_fills_waits_for_room_and_writes_on() {
+    use monoio::io::AsyncWriteRentExt;
+    use std::io::Read;
+
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("an epoll runtime")
+        .block_on(async move {
+            // As the daemon makes its listeners: std, non-blocking, adopted.
+            let std_l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            std_l.set_nonblocking(true).unwrap();
+            let l = monoio::net::UnixListener::from_std(std_l).unwrap();
+            let peer = std::thread::spawn(move || {
+                let mut c = StdUnixStream::connect(&path).unwrap();
+                // Not reading yet: the server's writes fill the socket and must wait.
+                std::thread::sleep(Duration::from_millis(200));
+                let mut all = Vec::new();
+                c.read_to_end(&mut all).unwrap();
+                all
+            });
+            let (mut s, _) = l.accept().await.unwrap();
+            let writes = async {
+                for i in 0..CHUNKS {
+                    let (r, _) = s.write_all(vec![i as u8; CHUNK]).await;
+                    r.unwrap();
+                }
+            };
+            monoio::select! {
+                _ = writes => {}
+                _ = monoio::time::sleep(Duration::from_secs(20)) => {
+                    panic!("a write that waited for room was never woken")
+                }
+            }
+            // Closing it ends the peer's read.
+            drop(s);
+            let got = peer.join().unwrap();
+            assert_eq!(got.len(), CHUNK * CHUNKS);
+            assert!(got
+                .chunks(CHUNK)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        });
 }

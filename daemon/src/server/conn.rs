@@ -55,6 +55,14 @@ pub(crate) struct Conn {
     /// False once the socket is closed, so the fd number (possibly reused) is never touched.
     fd_open: Cell<bool>,
     out: RefCell<VecDeque<Response>>,
+    /// The write batch while no write is in flight (the writer task's, lent to the reader
+    /// for an inline write); `None` while the writer has it in the kernel. Answers an
+    /// inline write left unsent stay in it for the writer, ahead of `out`.
+    batch: Cell<Option<WriteBatch>>,
+    /// The reader is handling frames: answers pushed meanwhile wait for its flush (one
+    /// write for all of them, made inline when the writer is idle) instead of waking the
+    /// writer task one by one.
+    defer: Cell<bool>,
     writer_wake: Notify,
     reader_wake: Notify,
     in_flight: Cell<usize>,
@@ -86,6 +94,8 @@ impl Conn {
             fd,
             fd_open: Cell::new(true),
             out: RefCell::new(VecDeque::new()),
+            batch: Cell::new(Some(WriteBatch::new())),
+            defer: Cell::new(false),
             writer_wake: Notify::default(),
             reader_wake: Notify::default(),
             in_flight: Cell::new(0),
@@ -128,7 +138,53 @@ impl Conn {
             return;
         }
         self.out.borrow_mut().push_back(r);
-        self.writer_wake.notify();
+        if !self.defer.get() {
+            self.writer_wake.notify();
+        }
+    }
+
+    /// Sends the answers queued while the reader deferred them. When the writer is idle
+    /// and nothing is left over, the reader writes them itself with one non-blocking
+    /// `sendmsg` (no hop to the writer task and back, so a request at concurrency 1 costs
+    /// one task wake-up); whatever the socket does not take at once, and every answer while
+    /// a write is in flight, goes to the writer task, in order.
+    fn flush_deferred(&self, now: Instant) {
+        self.defer.set(false);
+        if self.out.borrow().is_empty() {
+            return;
+        }
+        let fd = match self.raw_fd() {
+            Some(fd) if self.core.inline_writes && !self.broken.get() => fd,
+            _ => return self.writer_wake.notify(),
+        };
+        let Some(mut batch) = self.batch.take() else {
+            // A write is in flight: the writer takes these next.
+            return self.writer_wake.notify();
+        };
+        if !batch.is_empty() {
+            self.batch.set(Some(batch));
+            return self.writer_wake.notify();
+        }
+        batch.fill(&mut self.out.borrow_mut());
+        let done = match batch.send_now(fd) {
+            Ok(n) => batch.advance(n),
+            // Full (EAGAIN) or failing: the writer waits for room, or meets the error.
+            Err(_) => false,
+        };
+        if done {
+            batch.drain(|r| self.core.recycle(r));
+            self.last_activity.set(now);
+            self.batch.set(Some(batch));
+            if !self.out.borrow().is_empty() {
+                // More answers than one write takes.
+                self.writer_wake.notify();
+            }
+        } else {
+            // Answers wait for the client: the write timeout runs from now.
+            self.write_progress.set(Some(now));
+            self.batch.set(Some(batch));
+            self.writer_wake.notify();
+        }
     }
 
     /// Ends the connection from the server side: answers are dropped and both directions
@@ -282,6 +338,8 @@ where
     let (mut rd, wr) = stream.into_split();
     let writer = monoio::spawn(write_loop(wr, conn.clone()));
     read_loop(&mut rd, &conn).await;
+    // A reader that returned mid-frame (closing) left its answers for the writer.
+    conn.defer.set(false);
     conn.reading_done.set(true);
     conn.writer_wake.notify();
     writer.await;
@@ -304,7 +362,8 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
     // Frames run inline since this reader last let others run.
     let mut streak = 0usize;
     loop {
-        // Every whole frame in the buffer.
+        // Every whole frame in the buffer; their answers go out together after the loop.
+        conn.defer.set(true);
         let mut start = 0;
         let mut admitted = false;
         let mut ran_inline = false;
@@ -417,6 +476,7 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
         } else {
             buf.capacity()
         };
+        conn.flush_deferred(now);
         if buf.is_empty() && discard == 0 {
             conn.partial_since.set(None);
         } else if conn.partial_since.get().is_none() {
@@ -443,23 +503,10 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
             // The last read took less than it asked for, so the socket was drained then:
             // the next read most likely waits (a turn for everyone else). Yielding here as
             // well would cost this request another task hop and, through the runtime's
-            // turn budget, another poll of the driver.
+            // turn budget, another poll of the driver. On epoll that read makes no syscall:
+            // the short read cleared the socket's readiness (vendor/monoio), so it waits
+            // for epoll's next event.
             streak += 1;
-            let unwritten = || !conn.out.borrow().is_empty() || conn.write_progress.get().is_some();
-            if core.reads_on_readiness && unwritten() {
-                // On epoll a read is a recv now: made before the answer is out, it fails
-                // (the client cannot have sent its next request), so wait for the writer
-                // to hand the answer to the kernel first. io_uring queues the read instead.
-                // The wait is the server's: the read timeout does not run meanwhile.
-                conn.paused.set(true);
-                while unwritten() && !conn.broken.get() {
-                    conn.reader_wake.wait().await;
-                }
-                conn.paused.set(false);
-                if conn.partial_since.get().is_some() {
-                    conn.partial_since.set(Some(Instant::now()));
-                }
-            }
         }
         if conn.broken.get() {
             return;
@@ -523,18 +570,24 @@ async fn read_loop<R: AsyncReadRent>(rd: &mut R, conn: &Rc<Conn>) {
 
 async fn write_loop<W: AsyncWriteRent>(mut wr: W, conn: Rc<Conn>) {
     let core = conn.core.clone();
-    let mut batch = WriteBatch::new();
     loop {
-        if conn.out.borrow().is_empty() {
-            if conn.broken.get() || (conn.reading_done.get() && conn.in_flight.get() == 0) {
-                break;
+        // The batch is home whenever this task runs (the reader lends it only within one
+        // synchronous flush).
+        let mut batch = conn.batch.take().unwrap_or_else(WriteBatch::new);
+        if batch.is_empty() {
+            if conn.out.borrow().is_empty() {
+                conn.batch.set(Some(batch));
+                if conn.broken.get() || (conn.reading_done.get() && conn.in_flight.get() == 0) {
+                    break;
+                }
+                conn.writer_wake.wait().await;
+                continue;
             }
-            conn.writer_wake.wait().await;
-            continue;
+            batch.fill(&mut conn.out.borrow_mut());
+            conn.write_progress.set(Some(Instant::now()));
         }
-        batch.fill(&mut conn.out.borrow_mut());
+        // Else: what an inline write left unsent (its write timeout already runs).
         conn.reader_wake.notify();
-        conn.write_progress.set(Some(Instant::now()));
         let mut failed = false;
         loop {
             let (res, b) = wr.writev(batch).await;
@@ -559,12 +612,16 @@ async fn write_loop<W: AsyncWriteRent>(mut wr: W, conn: Rc<Conn>) {
         conn.reader_wake.notify();
         conn.last_activity.set(Instant::now());
         batch.drain(|r| core.recycle(r));
+        conn.batch.set(Some(batch));
         if failed {
             conn.kill(Kill::WriteFailed);
             break;
         }
     }
     // Whatever is left will never be written.
+    if let Some(mut b) = conn.batch.take() {
+        b.drain(|r| core.recycle(r));
+    }
     let left: Vec<Response> = conn.out.borrow_mut().drain(..).collect();
     for r in left {
         core.recycle(r);

@@ -123,6 +123,30 @@ impl WriteBatch {
         self.cursor >= self.iov.len()
     }
 
+    /// No answers in it (nothing left over from an inline write).
+    pub fn is_empty(&self) -> bool {
+        self.responses.is_empty()
+    }
+
+    /// Sends what is left of the batch with one non-blocking `sendmsg` from this thread
+    /// (the reader writing its own answers, without a hop to the writer task): the bytes
+    /// taken, or the error. Works for Unix and TCP stream sockets alike, blocking or not
+    /// (`MSG_DONTWAIT`); `MSG_NOSIGNAL`: a peer that left must not kill the daemon.
+    pub fn send_now(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        let live = &mut self.iov[self.cursor..];
+        // SAFETY: an all-zero msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = live.as_mut_ptr();
+        msg.msg_iovlen = live.len() as _;
+        // SAFETY: `fd` is the caller's open socket; the iovecs point into this batch's
+        // answers and static zeros (see the `IoVecBuf` impl), valid for the call.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Empties the batch, handing each answer to `recycle`.
     pub fn drain(&mut self, mut recycle: impl FnMut(Response)) {
         self.iov.clear();

@@ -4,6 +4,11 @@ use super::ready::{Direction, Ready};
 
 pub(crate) struct ScheduledIo {
     readiness: Ready,
+    /// edgeinfer patch: an accepted stream registered for reads only (see
+    /// `LegacyDriver::register_read_first`): its fd, until a write first waits and the write
+    /// interest is added.
+    #[cfg(unix)]
+    pub(crate) write_interest_later: Option<std::os::unix::io::RawFd>,
 
     /// Waker used for AsyncRead.
     reader: Option<Waker>,
@@ -22,6 +27,8 @@ impl ScheduledIo {
     pub(crate) const fn new() -> Self {
         Self {
             readiness: Ready::EMPTY,
+            #[cfg(unix)]
+            write_interest_later: None,
             reader: None,
             writer: None,
         }

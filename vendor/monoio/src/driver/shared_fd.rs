@@ -239,6 +239,32 @@ impl SharedFd {
         })
     }
 
+    /// edgeinfer patch: an accepted stream socket. On the epoll driver it is registered for
+    /// reads first, its write interest added when a write first waits
+    /// (`LegacyDriver::register_read_first`); elsewhere as [`SharedFd::new`].
+    #[cfg(unix)]
+    pub(crate) fn new_accepted(fd: RawFd) -> io::Result<SharedFd> {
+        #[cfg(feature = "legacy")]
+        {
+            #[allow(unreachable_patterns)]
+            let registered = CURRENT.with(|inner| match inner {
+                super::Inner::Legacy(inner) => {
+                    Some(super::legacy::LegacyDriver::register_read_first(inner, fd))
+                }
+                _ => None,
+            });
+            if let Some(idx) = registered {
+                return Ok(SharedFd {
+                    inner: Rc::new(Inner {
+                        fd,
+                        state: UnsafeCell::new(State::Legacy(Some(idx?))),
+                    }),
+                });
+            }
+        }
+        Self::new::<false>(fd)
+    }
+
     #[cfg(windows)]
     pub(crate) fn new<const FORCE_LEGACY: bool>(fd: RawSocket) -> io::Result<SharedFd> {
         const RW_INTERESTS: mio::Interest = mio::Interest::READABLE.add(mio::Interest::WRITABLE);

@@ -231,6 +231,35 @@ impl LegacyDriver {
         }
     }
 
+    /// edgeinfer patch: registers an accepted stream socket for reads only, assumed writable
+    /// (a connected socket with an empty send buffer). Registered for writes as well, every
+    /// answer the peer reads raises an EPOLLOUT edge that wakes a parked runtime for
+    /// nothing; the write interest is added when a write first finds the socket full
+    /// (`poll_op`), and EPOLL_CTL_MOD reports the socket at once if it is writable by then.
+    #[cfg(unix)]
+    pub(crate) fn register_read_first(
+        this: &Rc<UnsafeCell<LegacyInner>>,
+        fd: std::os::unix::io::RawFd,
+    ) -> io::Result<usize> {
+        let inner = unsafe { &mut *this.get() };
+        let mut io = ScheduledIo::new();
+        io.set_writable();
+        io.write_interest_later = Some(fd);
+        let token = inner.io_dispatch.insert(io);
+        let registry = inner.poll.registry();
+        match registry.register(
+            &mut mio::unix::SourceFd(&fd),
+            mio::Token(token),
+            mio::Interest::READABLE,
+        ) {
+            Ok(_) => Ok(token),
+            Err(e) => {
+                inner.io_dispatch.remove(token);
+                Err(e)
+            }
+        }
+    }
+
     #[cfg(unix)]
     pub(crate) fn deregister(
         this: &Rc<UnsafeCell<LegacyInner>>,
@@ -312,6 +341,23 @@ impl LegacyInner {
             }
             Err(ref e) if e.kind() == io::ErrorKind::WouldBlock => {
                 ref_mut.clear_readiness(direction.mask());
+                // edgeinfer patch: a socket registered for reads only is full: from now on
+                // it is watched for writes too (see `register_read_first`).
+                #[cfg(unix)]
+                if matches!(direction, ready::Direction::Write) {
+                    if let Some(fd) = ref_mut.write_interest_later.take() {
+                        if let Err(e) = inner.poll.registry().reregister(
+                            &mut mio::unix::SourceFd(&fd),
+                            mio::Token(index),
+                            super::ready::RW_INTERESTS,
+                        ) {
+                            return Poll::Ready(CompletionMeta {
+                                result: Err(e),
+                                flags: 0,
+                            });
+                        }
+                    }
+                }
                 ref_mut.set_waker(cx, direction);
                 Poll::Pending
             }

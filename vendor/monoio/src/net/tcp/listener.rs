@@ -117,7 +117,8 @@ impl TcpListener {
         let fd = completion.meta.result?;
 
         // Construct stream
-        let stream = TcpStream::from_shared_fd(SharedFd::new::<false>(fd as _)?);
+        // edgeinfer patch: registered for reads first (`SharedFd::new_accepted`).
+        let stream = TcpStream::from_shared_fd(SharedFd::new_accepted(fd as _)?);
 
         // Construct SocketAddr
         let storage = completion.data.addr.0.as_ptr();
@@ -174,7 +175,8 @@ impl TcpListener {
         let fd = completion.meta.result?;
 
         // Construct stream
-        let stream = TcpStream::from_shared_fd(SharedFd::new::<false>(fd as _)?);
+        // edgeinfer patch: registered for reads first (`SharedFd::new_accepted`).
+        let stream = TcpStream::from_shared_fd(SharedFd::new_accepted(fd as _)?);
 
         // Construct SocketAddr
         let storage = completion.data.addr.0.as_ptr();

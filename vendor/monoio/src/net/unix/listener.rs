@@ -75,7 +75,8 @@ impl UnixListener {
         let fd = completion.meta.result?;
 
         // Construct stream
-        let stream = UnixStream::from_shared_fd(SharedFd::new::<false>(fd as _)?);
+        // edgeinfer patch: registered for reads first (`SharedFd::new_accepted`).
+        let stream = UnixStream::from_shared_fd(SharedFd::new_accepted(fd as _)?);
 
         // Construct SocketAddr
         let mut storage = unsafe { std::mem::MaybeUninit::assume_init(completion.data.addr.0) };
@@ -105,7 +106,8 @@ impl UnixListener {
         let fd = completion.meta.result?;
 
         // Construct stream
-        let stream = UnixStream::from_shared_fd(SharedFd::new::<false>(fd as _)?);
+        // edgeinfer patch: registered for reads first (`SharedFd::new_accepted`).
+        let stream = UnixStream::from_shared_fd(SharedFd::new_accepted(fd as _)?);
 
         // Construct SocketAddr
         let mut storage = unsafe { std::mem::MaybeUninit::assume_init(completion.data.addr.0) };
