@@ -120,11 +120,12 @@ def requests(path):
 pi, pl, pn = counts(idle_p), counts(load_p), requests(perf_j)
 # Either lengths match (both DURATION) or near enough: the baseline is a few hundred a second.
 per = {k: (pl.get(k, 0) - pi.get(k, 0)) / pn for k in pl}
-named = "  ".join(f"{k} {v:.2f}" for k, v in sorted(per.items())
-                  if k not in ("sys_enter", "EAGAIN") and abs(v) >= 0.005)
+# Three decimals: the target (<= 3) was once missed by 0.01.
+named = "  ".join(f"{k} {v:.3f}" for k, v in sorted(per.items())
+                  if k not in ("sys_enter", "EAGAIN") and abs(v) >= 0.0005)
 print(f"{driver:<9} {'perf: ' + named}")
-print(f"{driver:<9} {'PERF TOTAL':<28} {per.get('sys_enter', 0):6.2f} "
-      f"({per.get('EAGAIN', 0):.2f} EAGAIN) over {pn} requests; "
+print(f"{driver:<9} {'PERF TOTAL':<28} {per.get('sys_enter', 0):6.3f} "
+      f"({per.get('EAGAIN', 0):.3f} EAGAIN) over {pn} requests; "
       f"p50 {json.load(open(perf_j))['p50_us']} us in that run")
 
 idle, load = table(idle_f), table(load_f)

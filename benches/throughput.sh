@@ -3,7 +3,10 @@
 # `edgeinfer bench` on the same cores, closed loop, churn_rf 1 row per PREDICT over Unix.
 # Each run prints rows/s, p50/p99 and the daemon's CPU per request (utime + stime from
 # /proc/PID/stat over the run), for the default generator (one blocking thread per
-# connection) and the poll(2) one (`--threads`), unbatched and batched (16 rows, 100 µs).
+# connection) and the poll(2) one (`--threads`), unbatched and batched (16 rows, 100 µs);
+# and, on their own lines beside the unpipelined ones, the poll(2) generator with several
+# requests outstanding per connection (`--pipeline D`: each still a 1-row PREDICT answered on
+# its own).
 #
 #   benches/throughput.sh                 # 4 s per run
 #   DURATION=3 BIN=target/release benches/throughput.sh
@@ -53,4 +56,8 @@ run "c=16, --threads 2" "" --concurrency 16 --threads 2
 run "c=8, --threads 1" "" --concurrency 8 --threads 1
 run "c=16, --threads 2, busy-poll 50 us" "--busy-poll-us 50" --concurrency 16 --threads 2
 run "c=32, --threads 2, batched 16/100us" "--max-batch 16 --max-delay-us 100" --concurrency 32 --threads 2
+# Pipelined: 1-row requests, each answered on its own, several outstanding per connection.
+run "c=16, --threads 2, pipeline 4" "" --concurrency 16 --threads 2 --pipeline 4
+run "c=8, --threads 2, pipeline 8" "" --concurrency 8 --threads 2 --pipeline 8
+run "c=16, --threads 2, pipeline 8" "" --concurrency 16 --threads 2 --pipeline 8
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -7,8 +7,17 @@
 //! that socket, the client blocked in `read` included. On a 2-core box that shares its cores
 //! with the server, the generator's own cost then bounds the throughput it can show. Here a
 //! thread sleeps only when none of its connections has an answer, and `poll` waits for
-//! `POLLIN` alone, so the write-space wake-ups do not reach it. Still one request outstanding
-//! per connection, each a whole frame; latency is from the send to the whole answer.
+//! `POLLIN` alone, so the write-space wake-ups do not reach it. By default one request is
+//! outstanding per connection, each a whole frame; latency is from the send to the whole
+//! answer.
+//!
+//! `--pipeline D` keeps D requests outstanding per connection instead: each is still one
+//! PREDICT of its own (the input's rows, answered by its own answer frame, matched by id),
+//! and the requests that replace the answers one read brought are sent with one write. A
+//! pipelined run measures what the server does with requests that queue on a connection; it
+//! is reported beside the unpipelined figure, never in place of it.
+
+use std::collections::VecDeque;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -57,10 +66,15 @@ impl Sock {
 struct Conn {
     sock: Sock,
     frame: Vec<u8>,
+    /// Frames of the next write (copies of `frame` with their ids).
+    wbuf: Vec<u8>,
     rbuf: Vec<u8>,
     filled: usize,
+    /// Start of the first answer in `rbuf` not yet handed out.
+    consumed: usize,
     next_id: u64,
-    sent: Instant,
+    /// Requests sent and not answered yet: id and when it went out.
+    outstanding: VecDeque<(u64, Instant)>,
 }
 
 impl Conn {
@@ -76,40 +90,73 @@ impl Conn {
         Ok(Conn {
             sock,
             frame: frame.to_vec(),
+            wbuf: Vec::new(),
             rbuf: vec![0; 64 << 10],
             filled: 0,
+            consumed: 0,
             next_id: 1,
-            sent: Instant::now(),
+            outstanding: VecDeque::new(),
         })
     }
 
-    /// Sends the next request. The socket blocks on writes (one small frame into an empty
-    /// send buffer: it never waits) and reads are made only after `poll` says so.
-    fn send(&mut self) -> anyhow::Result<()> {
-        proto::set_request_id(&mut self.frame, self.next_id)?;
-        self.next_id += 1;
-        self.sent = Instant::now();
-        self.sock.write_all(&self.frame)?;
+    /// Sends `n` more requests with one write. The socket blocks on writes (a few small
+    /// frames into a send buffer that the server keeps draining) and reads are made only
+    /// after `poll` says so.
+    fn send(&mut self, n: usize) -> anyhow::Result<()> {
+        self.wbuf.clear();
+        let now = Instant::now();
+        for _ in 0..n {
+            proto::set_request_id(&mut self.frame, self.next_id)?;
+            self.outstanding.push_back((self.next_id, now));
+            self.next_id += 1;
+            self.wbuf.extend_from_slice(&self.frame);
+        }
+        self.sock.write_all(&self.wbuf)?;
         Ok(())
     }
 
-    /// Reads what has arrived; returns the answer's header once it is whole (its body is
-    /// then `rbuf[HEADER_LEN..frame_len]`, dropped by the next call).
-    fn receive(&mut self) -> anyhow::Result<Option<Header>> {
+    /// The next whole answer: its header and when its request went out (its body is then
+    /// `rbuf[at + HEADER_LEN..at + frame_len]`, `at` returned too, valid until the next
+    /// call). Reads only when no whole answer is buffered; `None` once a read would block.
+    fn receive(&mut self) -> anyhow::Result<Option<(Header, Instant, usize)>> {
         loop {
-            if self.filled >= HEADER_LEN {
-                let h = Header::decode(&self.rbuf[..self.filled])?;
+            let have = self.filled - self.consumed;
+            if have >= HEADER_LEN {
+                let at = self.consumed;
+                let h = Header::decode(&self.rbuf[at..self.filled])?;
                 let len = h.frame_len() as usize;
-                if len > self.rbuf.len() {
-                    self.rbuf.resize(len, 0);
+                if have >= len {
+                    self.consumed += len;
+                    let Some(i) = self
+                        .outstanding
+                        .iter()
+                        .position(|&(id, _)| id == h.request_id)
+                    else {
+                        bail!(
+                            "an answer to request {}, which is not outstanding",
+                            h.request_id
+                        );
+                    };
+                    let (_, sent) = self.outstanding.remove(i).expect("position is in range");
+                    return Ok(Some((h, sent, at)));
                 }
-                if self.filled >= len {
-                    if self.filled > len {
-                        bail!("the server sent more than the one answer asked for");
+                if len > self.rbuf.len() - at {
+                    // Room for the whole frame at the front.
+                    self.rbuf.copy_within(at..self.filled, 0);
+                    self.filled = have;
+                    self.consumed = 0;
+                    if len > self.rbuf.len() {
+                        self.rbuf.resize(len, 0);
                     }
-                    self.filled = 0;
-                    return Ok(Some(h));
                 }
+            }
+            if self.consumed == self.filled {
+                self.consumed = 0;
+                self.filled = 0;
+            } else if self.filled == self.rbuf.len() {
+                self.rbuf.copy_within(self.consumed..self.filled, 0);
+                self.filled -= self.consumed;
+                self.consumed = 0;
             }
             match self.sock.read(&mut self.rbuf[self.filled..]) {
                 Ok(0) => bail!("the server closed the connection"),
@@ -134,6 +181,7 @@ fn set_read_nonblocking(fd: RawFd) -> std::io::Result<()> {
 
 fn thread_main(
     mut conns: Vec<Conn>,
+    depth: usize,
     plan: Arc<Plan>,
     start: Arc<Barrier>,
 ) -> anyhow::Result<WorkerStats> {
@@ -156,8 +204,8 @@ fn thread_main(
     let measure_from = t0 + plan.warmup;
     let end = measure_from + plan.duration;
     for c in &mut conns {
-        // Blocking writes: the frame goes out whole; the first reads wait for poll.
-        c.send()?;
+        // Blocking writes: the frames go out whole; the first reads wait for poll.
+        c.send(depth)?;
     }
     for c in &conns {
         set_read_nonblocking(c.sock.fd())?;
@@ -177,42 +225,51 @@ fn thread_main(
                 continue;
             }
             p.revents = 0;
-            let Some(h) = c.receive()? else { continue };
-            let done = Instant::now();
-            let measured = c.sent >= measure_from;
-            if h.opcode == Opcode::PredictResponse.as_u8() {
-                if measured {
-                    stats.ok += 1;
-                    let ns = u64::try_from((done - c.sent).as_nanos()).unwrap_or(u64::MAX);
-                    stats.hist.saturating_record(ns.max(1));
+            let mut answered = 0;
+            let mut done = Instant::now();
+            while let Some((h, sent, at)) = c.receive()? {
+                answered += 1;
+                done = Instant::now();
+                let measured = sent >= measure_from;
+                if h.opcode == Opcode::PredictResponse.as_u8() {
+                    if measured {
+                        stats.ok += 1;
+                        let ns = u64::try_from((done - sent).as_nanos()).unwrap_or(u64::MAX);
+                        stats.hist.saturating_record(ns.max(1));
+                    }
+                } else {
+                    stats.errors += u64::from(measured);
+                    let body = &c.rbuf[at + HEADER_LEN..at + h.frame_len() as usize];
+                    stats.last_error =
+                        Some(match proto::decode_message::<ErrorResponse>(&h, body) {
+                            Ok(e) => e.message,
+                            Err(_) => format!("answer with opcode {:#04x}", h.opcode),
+                        });
                 }
-            } else {
-                stats.errors += u64::from(measured);
-                let body = &c.rbuf[HEADER_LEN..h.frame_len() as usize];
-                stats.last_error = Some(match proto::decode_message::<ErrorResponse>(&h, body) {
-                    Ok(e) => e.message,
-                    Err(_) => format!("answer with opcode {:#04x}", h.opcode),
-                });
             }
-            if done < end {
-                c.send()?;
+            if answered > 0 && done < end {
+                c.send(answered)?;
             }
         }
     }
     Ok(stats)
 }
 
-/// Runs `connections` closed-loop connections over `threads` threads; one set of stats per
-/// thread.
+/// Runs `connections` closed-loop connections over `threads` threads, each connection with
+/// `depth` requests outstanding; one set of stats per thread.
 pub(crate) fn run(
     endpoint: &Endpoint,
     frame: &[u8],
     connections: usize,
     threads: usize,
+    depth: usize,
     plan: Arc<Plan>,
 ) -> anyhow::Result<Vec<WorkerStats>> {
     if threads == 0 || threads > connections {
         bail!("--threads must be between 1 and --concurrency ({connections})");
+    }
+    if depth == 0 {
+        bail!("--pipeline must be at least 1");
     }
     let mut per_thread: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
     for i in 0..connections {
@@ -227,7 +284,7 @@ pub(crate) fn run(
             let (plan, start) = (plan.clone(), start.clone());
             std::thread::Builder::new()
                 .name(format!("bench-mux-{i}"))
-                .spawn(move || thread_main(conns, plan, start))
+                .spawn(move || thread_main(conns, depth, plan, start))
         })
         .collect::<Result<_, _>>()
         .context("starting load threads")?;

@@ -203,6 +203,11 @@ pub struct BenchArgs {
     /// generator for throughput runs; see bench_mux.rs). Closed loop, no token.
     #[arg(long, value_name = "N", conflicts_with_all = ["rate", "echo", "http", "token_file"])]
     pub threads: Option<usize>,
+    /// With --threads: requests outstanding per connection (each its own 1-request PREDICT,
+    /// answered on its own; the replacements for one read's answers go out in one write).
+    /// Report a pipelined figure beside the unpipelined one (1, the default), not instead.
+    #[arg(long, default_value_t = 1, value_name = "D", requires = "threads")]
+    pub pipeline: usize,
     /// Measured seconds, after the warm-up.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub duration: f64,
@@ -1026,7 +1031,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             .map(|r| Duration::from_secs_f64(a.concurrency as f64 / r)),
     });
     let per_worker: Vec<WorkerStats> = if let Some((endpoint, frame, n)) = mux {
-        crate::bench_mux::run(&endpoint, &frame, a.concurrency, n, plan.clone())?
+        crate::bench_mux::run(
+            &endpoint,
+            &frame,
+            a.concurrency,
+            n,
+            a.pipeline,
+            plan.clone(),
+        )?
     } else {
         let start = Arc::new(Barrier::new(a.concurrency));
         let threads: Vec<_> = (0..a.concurrency)
@@ -1066,6 +1078,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "loop": if a.rate.is_some() { "open" } else { "closed" },
         "concurrency": a.concurrency,
         "threads": a.threads,
+        "pipeline": a.pipeline,
         "duration_s": a.duration,
         "warmup_s": a.warmup,
         "rate_rps": a.rate,
