@@ -11,7 +11,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +22,7 @@ use anyhow::Context as _;
 use edgeinfer_engine::{DType, OutputTensor, TensorView};
 use edgeinfer_proto::{ErrorCode, FeedbackRequest, FeedbackResponse};
 use edgeinfer_telemetry::config::BrokerAddr;
-use edgeinfer_telemetry::drift::{DriftCounts, ReferenceStats};
+use edgeinfer_telemetry::drift::{CoreCounts, DriftCounts, ReferenceStats};
 use edgeinfer_telemetry::events::Event;
 use edgeinfer_telemetry::gpu::{FileSource, GpuSource, NvmlSource, Transition};
 use edgeinfer_telemetry::hub::{Hub, HubSettings};
@@ -51,30 +53,21 @@ const LOG_ROWS_MAX: usize = 1024;
 /// Predictions the control thread buffers before writing them to LMDB in one commit.
 const LOG_BATCH: usize = 1024;
 const LOG_FLUSH: Duration = Duration::from_millis(100);
-/// The control thread drains its channel this often. It never blocks on the channel: a
-/// parked receiver would make every core's send a futex wake-up (a syscall per request),
-/// which measured as a double-digit throughput cost at saturation.
-const POLL: Duration = Duration::from_millis(2);
+/// The control thread takes the cores' batches this often. Between two, it waits on its
+/// channel, which carries no per-request message any more (records are batched), so a
+/// sender's wake-up is per interval, per event or per FEEDBACK, and a FEEDBACK is joined as
+/// soon as it arrives. Each wake-up of this thread preempts the serving core it shares a
+/// CPU with: at 2 ms they were most of its 3 % of the daemon's CPU.
+const POLL: Duration = Duration::from_millis(10);
 
 /// The answer the control thread sends back for one FEEDBACK.
 pub type FeedbackReply = Result<FeedbackResponse, (ErrorCode, String)>;
 
-/// Everything that reaches the control thread, on one channel: a prediction's record is
-/// sent before its answer is written, so a FEEDBACK about it (which the client can only
-/// send after reading that answer) is always received after it.
+/// What reaches the control thread on its channel. Prediction records do not: each core
+/// batches them ([`Batch`]) and the control thread collects the batches.
 enum Msg {
     Latency(Vec<Series>),
     Drift(Vec<(u32, DriftCounts)>),
-    Predicted {
-        ver: u32,
-        arm: &'static str,
-        first_id: u64,
-        ts_ms: u64,
-        outputs: SmallVec<[f64; 4]>,
-        /// Row k's entity (PREDICT_BY_ENTITY), for FEEDBACK by entity; empty for PREDICT
-        /// (no allocation on that path).
-        entities: Vec<String>,
-    },
     /// A version's arm changed (a rollout decision was served).
     Arm(u32, &'static str),
     Event(Event),
@@ -88,6 +81,7 @@ enum Msg {
 
 /// Where every thread sends; set once when telemetry starts. Bounded: a control thread that
 /// falls behind costs counted drops ([`DROPPED`]), never unbounded memory or a blocked core.
+/// Per interval and per event, never per request.
 static SINK: OnceLock<SyncSender<Msg>> = OnceLock::new();
 const CHANNEL: usize = 16_384;
 /// Messages (prediction records, histograms, events) dropped because the channel was full.
@@ -213,13 +207,135 @@ fn set_reference(model: &str, version: &str, r: Option<ReferenceStats>) {
 
 // === the cores' side ===
 
+/// One request's prediction record as its core batches it: its rows' first outputs are
+/// `outputs[out_at..out_at + rows]` of the batch, and with entity keys (PREDICT_BY_ENTITY)
+/// row k's key is the k-th of `ent_lens[ent_at..]` over `ent_bytes`.
+#[derive(Clone, Copy)]
+struct Rec {
+    first_id: u64,
+    ts_ms: u64,
+    ver: u32,
+    rows: u32,
+    out_at: u32,
+    ent_at: u32,
+    /// Rows with an entity key (0 for PREDICT).
+    ents: u32,
+    arm: &'static str,
+}
+
+/// A core's prediction records since the control thread last took them. The core appends
+/// under the batch's own lock (uncontended: the control thread holds it only to swap the
+/// buffers, every [`POLL`]), so a request costs no channel send and no wake-up, and the
+/// control thread handles one batch per core per poll instead of one message per request.
+/// The control thread also takes every batch before it joins a FEEDBACK, so a prediction
+/// answered on any core is joinable as soon as its answer is out: the record is appended
+/// before the answer is encoded, and the lock orders the two. An idle core's records wait
+/// at most one poll (≤ [`POLL`] plus the control thread's own work) for the log.
+#[derive(Default)]
+struct Batch {
+    recs: Vec<Rec>,
+    outputs: Vec<f64>,
+    ent_lens: Vec<u32>,
+    ent_bytes: Vec<u8>,
+}
+
+/// Records one batch holds at most: a control thread that falls behind by this much costs
+/// counted drops ([`DROPPED`]), never memory or an allocation on the core. Reserved at the
+/// core's first request; a poll takes a few hundred at saturation.
+const BATCH_RECS: usize = 8192;
+
+impl Batch {
+    fn with_capacity() -> Batch {
+        Batch {
+            recs: Vec::with_capacity(BATCH_RECS),
+            outputs: Vec::with_capacity(BATCH_RECS),
+            ent_lens: Vec::new(),
+            ent_bytes: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.recs.clear();
+        self.outputs.clear();
+        self.ent_lens.clear();
+        self.ent_bytes.clear();
+    }
+}
+
+/// A core's [`Batch`] behind a spin lock the core takes once per request. Not a `Mutex`:
+/// its unlock is a locked exchange (it must look for waiters to wake), which drained the
+/// core's store buffer and measured as a fifth of the recording's time; this unlock is a
+/// plain release store. The other side is the control thread, which holds it only to swap
+/// two buffers; a core that finds it held yields (the control thread may share its CPU).
+struct CoreBatch {
+    held: AtomicBool,
+    batch: std::cell::UnsafeCell<Batch>,
+}
+
+// SAFETY: `batch` is reached only through `CoreBatch::lock`, which `held` makes exclusive.
+unsafe impl Sync for CoreBatch {}
+
+/// [`CoreBatch`] held; released on drop.
+struct BatchGuard<'a>(&'a CoreBatch);
+
+impl CoreBatch {
+    fn new() -> CoreBatch {
+        CoreBatch {
+            held: AtomicBool::new(false),
+            batch: std::cell::UnsafeCell::new(Batch::with_capacity()),
+        }
+    }
+
+    fn lock(&self) -> BatchGuard<'_> {
+        let mut spins = 0u32;
+        while self
+            .held
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        BatchGuard(self)
+    }
+}
+
+impl std::ops::Deref for BatchGuard<'_> {
+    type Target = Batch;
+    fn deref(&self) -> &Batch {
+        // SAFETY: this guard holds `held` (set by `lock`), so no other reference exists.
+        unsafe { &*self.0.batch.get() }
+    }
+}
+
+impl std::ops::DerefMut for BatchGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Batch {
+        // SAFETY: as in `deref`; `&mut self` makes this the only one from this guard.
+        unsafe { &mut *self.0.batch.get() }
+    }
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held.store(false, Release);
+    }
+}
+
+/// Every core's batch, for the control thread to take. A core's entry outlives its thread
+/// until its last records are taken.
+static BATCHES: Mutex<Vec<Arc<CoreBatch>>> = Mutex::new(Vec::new());
+
 /// One version as a core sees it: its index and, with a reference, its bin counters.
 struct CoreVersion {
     model: String,
     version: String,
     idx: u32,
     reference: Option<Arc<ReferenceStats>>,
-    counts: Option<DriftCounts>,
+    counts: Option<CoreCounts>,
     arm: &'static str,
 }
 
@@ -228,6 +344,7 @@ struct CoreState {
     epoch: u64,
     gen: u64,
     tx: SyncSender<Msg>,
+    batch: Arc<CoreBatch>,
     versions: Vec<CoreVersion>,
     next_id: u64,
     end_id: u64,
@@ -247,7 +364,7 @@ impl CoreState {
                 }
                 if !same_ref(&v.reference, &r) {
                     hand_over_drift(&self.tx, v);
-                    v.counts = r.as_deref().map(DriftCounts::for_reference);
+                    v.counts = r.as_deref().map(CoreCounts::for_reference);
                     v.reference = r;
                 }
             }
@@ -264,7 +381,7 @@ impl CoreState {
                     model: model.into(),
                     version: version.into(),
                     idx,
-                    counts: reference.as_deref().map(DriftCounts::for_reference),
+                    counts: reference.as_deref().map(CoreCounts::for_reference),
                     reference,
                     arm,
                 });
@@ -296,8 +413,7 @@ fn same_ref(a: &Option<Arc<ReferenceStats>>, b: &Option<Arc<ReferenceStats>>) ->
 
 fn hand_over_drift(tx: &SyncSender<Msg>, v: &mut CoreVersion) {
     if let Some(c) = v.counts.as_mut().filter(|c| !c.is_empty()) {
-        offer(tx, Msg::Drift(vec![(v.idx, c.clone())]));
-        c.clear();
+        offer(tx, Msg::Drift(vec![(v.idx, c.take())]));
     }
 }
 
@@ -313,11 +429,17 @@ fn with_core<R>(f: impl FnOnce(&mut CoreState) -> R) -> Option<R> {
         let mut c = c.borrow_mut();
         if c.is_none() {
             let tx = SINK.get()?;
+            let batch = Arc::new(CoreBatch::new());
+            BATCHES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(batch.clone());
             *c = Some(CoreState {
                 rec: CoreRecorder::default(),
                 epoch: EPOCH.load(Relaxed),
                 gen: VERSIONS_GEN.load(Relaxed),
                 tx: tx.clone(),
+                batch,
                 versions: Vec::new(),
                 next_id: 0,
                 end_id: 0,
@@ -333,9 +455,7 @@ fn with_core<R>(f: impl FnOnce(&mut CoreState) -> R) -> Option<R> {
                 .iter_mut()
                 .filter_map(|v| {
                     let c = v.counts.as_mut().filter(|c| !c.is_empty())?;
-                    let out = (v.idx, c.clone());
-                    c.clear();
-                    Some(out)
+                    Some((v.idx, c.take()))
                 })
                 .collect();
             if !drift.is_empty() {
@@ -346,17 +466,46 @@ fn with_core<R>(f: impl FnOnce(&mut CoreState) -> R) -> Option<R> {
     })
 }
 
+/// Element `i` of little-endian `N`-byte values; NaN when out of range.
+#[inline]
+fn read_at<const N: usize>(data: &[u8], i: usize, conv: impl Fn([u8; N]) -> f64) -> f64 {
+    data.get(i * N..i * N + N)
+        .map_or(f64::NAN, |b| conv(b.try_into().unwrap()))
+}
+
 /// Element `i` of little-endian tensor bytes as f64; NaN when out of range.
 fn element(dtype: DType, data: &[u8], i: usize) -> f64 {
-    let at = |n: usize| data.get(i * n..i * n + n);
     match dtype {
-        DType::F32 => at(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64),
-        DType::F64 => at(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())),
-        DType::I64 => at(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64),
-        DType::I32 => at(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64),
-        DType::U8 | DType::Bool => at(1).map(|b| b[0] as f64),
+        DType::F32 => read_at(data, i, |b| f32::from_le_bytes(b) as f64),
+        DType::F64 => read_at(data, i, f64::from_le_bytes),
+        DType::I64 => read_at(data, i, |b| i64::from_le_bytes(b) as f64),
+        DType::I32 => read_at(data, i, |b| i32::from_le_bytes(b) as f64),
+        DType::U8 | DType::Bool => read_at(data, i, |[b]| b as f64),
     }
-    .unwrap_or(f64::NAN)
+}
+
+/// Counts `rows` rows of `input` (row-major, `width` values a row) into `c`, reading each
+/// value with `read`: one instance per dtype, so the per-value dtype match is out of the
+/// loop.
+#[inline]
+fn count_rows(
+    c: &mut CoreCounts,
+    data: &[u8],
+    width: usize,
+    rows: usize,
+    read: impl Fn(&[u8], usize) -> f64,
+    out_at: impl Fn(usize, usize) -> f64,
+) {
+    for row in 0..rows {
+        let in_at = |col: usize| {
+            if col < width {
+                read(data, row * width + col)
+            } else {
+                f64::NAN
+            }
+        };
+        c.observe_with(in_at, |col| out_at(row, col));
+    }
 }
 
 fn wall_ms() -> u64 {
@@ -404,37 +553,63 @@ pub fn record_prediction(
         };
         let v = st.version(model, version);
         let (idx, arm) = (v.idx, v.arm);
-        if let (Some(r), Some(c)) = (v.reference.as_deref(), v.counts.as_mut()) {
-            let in_width = input.map_or(0, |t| t.shape.iter().product::<usize>() / rows);
-            for row in 0..rows {
-                let in_at = |col: usize| match input {
-                    Some(t) if col < in_width => element(t.dtype, t.data, row * in_width + col),
-                    _ => f64::NAN,
-                };
-                c.observe_with(r, in_at, |col| out_at(row, col));
+        if let Some(c) = v.counts.as_mut() {
+            let (data, width) = input.map_or((&[][..], 0), |t| {
+                (t.data, t.shape.iter().product::<usize>() / rows)
+            });
+            match input.map(|t| t.dtype) {
+                Some(DType::F32) => count_rows(
+                    c,
+                    data,
+                    width,
+                    rows,
+                    |d, i| read_at(d, i, |b| f32::from_le_bytes(b) as f64),
+                    out_at,
+                ),
+                Some(DType::F64) => count_rows(
+                    c,
+                    data,
+                    width,
+                    rows,
+                    |d, i| read_at(d, i, f64::from_le_bytes),
+                    out_at,
+                ),
+                Some(dt) => count_rows(c, data, width, rows, |d, i| element(dt, d, i), out_at),
+                None => count_rows(c, data, 0, rows, |_, _| f64::NAN, out_at),
             }
         }
         let logged = rows.min(LOG_ROWS_MAX);
-        let outputs = (0..logged).map(|r| out_at(r, 0)).collect();
+        let ts_ms = coarse_ms();
+        let mut b = st.batch.lock();
+        if b.recs.len() >= BATCH_RECS {
+            DROPPED.fetch_add(1, Relaxed);
+            return first_id;
+        }
+        let out_at_batch = b.outputs.len() as u32;
+        b.outputs.extend((0..logged).map(|r| out_at(r, 0)));
         // A key that is not UTF-8 cannot be named by FEEDBACK's string entity: logged
         // without one (its row is still joinable by id).
-        let entities = entity_keys.map_or_else(Vec::new, |keys| {
-            keys.iter()
-                .take(logged)
-                .map(|k| std::str::from_utf8(k).unwrap_or("").to_owned())
-                .collect()
+        let ent_at = b.ent_lens.len() as u32;
+        for k in entity_keys.unwrap_or_default().iter().take(logged) {
+            let k: &[u8] = if std::str::from_utf8(k).is_ok() {
+                k
+            } else {
+                b""
+            };
+            b.ent_lens.push(k.len() as u32);
+            b.ent_bytes.extend_from_slice(k);
+        }
+        let ents = b.ent_lens.len() as u32 - ent_at;
+        b.recs.push(Rec {
+            first_id,
+            ts_ms,
+            ver: idx,
+            rows: logged as u32,
+            out_at: out_at_batch,
+            ent_at,
+            ents,
+            arm,
         });
-        offer(
-            &st.tx,
-            Msg::Predicted {
-                ver: idx,
-                arm,
-                first_id,
-                ts_ms: coarse_ms(),
-                outputs,
-                entities,
-            },
-        );
         first_id
     })
     .unwrap_or(0)
@@ -979,6 +1154,7 @@ pub fn start(cfg: &Config, table: Arc<ModelTable>) -> anyhow::Result<Option<Tele
                 gpu,
                 predlog,
                 pending: Vec::new(),
+                spare: Batch::with_capacity(),
                 names: Vec::new(),
                 last_flush: Instant::now(),
                 sparkplug,
@@ -1285,6 +1461,8 @@ struct Control {
     predlog: PredictionLog,
     /// Predictions not yet written to the log.
     pending: Vec<PendingRow>,
+    /// The empty batch swapped in for a core's full one ([`Control::collect`]).
+    spare: Batch,
     /// Names of the version indices seen (a copy, so a flush takes no lock).
     names: Vec<Option<(String, String)>>,
     last_flush: Instant,
@@ -1312,9 +1490,18 @@ impl Control {
         let started = Instant::now();
         let mut next = Instant::now() + interval;
         report(self.hub.status(&status(&table, self.hub.outbox(), started)));
+        let mut collect_at = Instant::now() + POLL;
         'run: while !stop.load(Relaxed) {
+            // Wait for the first message or the next collection, then take what came.
+            let mut first =
+                match rx.recv_timeout(collect_at.saturating_duration_since(Instant::now())) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break 'run,
+                };
+            COARSE_MS.store(wall_ms(), Relaxed);
             loop {
-                match rx.try_recv() {
+                match first.take().map_or_else(|| rx.try_recv(), Ok) {
                     Ok(Msg::Connected | Msg::StatusChanged) => {
                         report(self.hub.status(&status(&table, self.hub.outbox(), started)))
                     }
@@ -1322,6 +1509,10 @@ impl Control {
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => break 'run,
                 }
+            }
+            if Instant::now() >= collect_at {
+                collect_at = Instant::now() + POLL;
+                self.collect();
             }
             if !self.pending.is_empty()
                 && (self.pending.len() >= LOG_BATCH || self.last_flush.elapsed() >= LOG_FLUSH)
@@ -1364,9 +1555,8 @@ impl Control {
                 }
                 report(self.hub.status(&status(&table, self.hub.outbox(), started)));
             }
-            std::thread::sleep(POLL);
-            COARSE_MS.store(wall_ms(), Relaxed);
         }
+        self.collect();
         self.flush();
         ON.store(false, Relaxed);
         publisher.stop();
@@ -1381,31 +1571,6 @@ impl Control {
                         self.hub.add_drift(&m, &v, &c);
                         add_prediction_bins(&m, &v, &c);
                     }
-                }
-            }
-            Msg::Predicted {
-                ver,
-                arm,
-                first_id,
-                ts_ms,
-                outputs,
-                mut entities,
-            } => {
-                let i = ver as usize;
-                if self.names.get(i).is_none_or(Option::is_none) {
-                    self.names.resize(self.names.len().max(i + 1), None);
-                    self.names[i] = version_names(ver);
-                }
-                entities.resize(outputs.len(), String::new());
-                for (k, (output, entity)) in outputs.into_iter().zip(entities).enumerate() {
-                    self.pending.push(PendingRow {
-                        ver,
-                        id: first_id + k as u64,
-                        ts_ms,
-                        output,
-                        arm,
-                        entity,
-                    });
                 }
             }
             Msg::Event(ev) => report(self.hub.emit(ev)),
@@ -1428,6 +1593,66 @@ impl Control {
             }
             Msg::Connected | Msg::StatusChanged => {}
         }
+    }
+
+    /// Takes every core's batch (swapping in the empty spare, so neither side allocates)
+    /// into `pending`; forgets a core whose thread has ended once its last batch is taken.
+    fn collect(&mut self) {
+        // Cores take this lock only at their first request: holding it costs them nothing.
+        let mut all = BATCHES.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|core| {
+            {
+                let mut b = core.lock();
+                if !b.recs.is_empty() {
+                    std::mem::swap(&mut *b, &mut self.spare);
+                }
+            }
+            if !self.spare.recs.is_empty() {
+                self.take_spare();
+            }
+            // Only this list holds it once its core's thread has ended: nothing more comes.
+            Arc::strong_count(core) > 1
+        });
+    }
+
+    /// The records of [`Control::spare`] into `pending`; the spare is empty again after.
+    fn take_spare(&mut self) {
+        let b = &self.spare;
+        let mut ent_bytes = 0usize;
+        let mut ent_seen = 0usize;
+        for r in &b.recs {
+            let i = r.ver as usize;
+            if self.names.get(i).is_none_or(Option::is_none) {
+                self.names.resize(self.names.len().max(i + 1), None);
+                self.names[i] = version_names(r.ver);
+            }
+            // Entity keys lie in record order: skip to this record's.
+            for &l in &b.ent_lens[ent_seen..r.ent_at as usize] {
+                ent_bytes += l as usize;
+            }
+            ent_seen = r.ent_at as usize;
+            let outputs = &b.outputs[r.out_at as usize..(r.out_at + r.rows) as usize];
+            for (k, &output) in outputs.iter().enumerate() {
+                let entity = if k < r.ents as usize {
+                    let l = b.ent_lens[ent_seen] as usize;
+                    let e = String::from_utf8_lossy(&b.ent_bytes[ent_bytes..ent_bytes + l]);
+                    ent_seen += 1;
+                    ent_bytes += l;
+                    e.into_owned()
+                } else {
+                    String::new()
+                };
+                self.pending.push(PendingRow {
+                    ver: r.ver,
+                    id: r.first_id + k as u64,
+                    ts_ms: r.ts_ms,
+                    output,
+                    arm: r.arm,
+                    entity,
+                });
+            }
+        }
+        self.spare.clear();
     }
 
     fn flush(&mut self) {
@@ -1462,7 +1687,9 @@ impl Control {
 
     /// FEEDBACK joined to the log, counted in its accuracy window.
     fn join(&mut self, req: &FeedbackRequest) -> FeedbackReply {
-        // Whatever was predicted before this FEEDBACK was sent is in `pending` by now.
+        // Whatever was answered before this FEEDBACK was sent, on any core, is in a core's
+        // batch by now (appended before its answer was encoded): take them all first.
+        self.collect();
         self.flush();
         let key = if req.prediction_id != 0 {
             FeedbackKey::RequestId(req.prediction_id)

@@ -6,6 +6,8 @@
 //! measuring thread (the control thread allocates as it likes). The broker is a closed
 //! loopback port: serving never needs it.
 
+mod telemetry_inproc;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,7 +15,6 @@ use std::time::Duration;
 
 use edgeinfer_engine::{DType, OutputTensor, TensorView};
 use edgeinfer_rollout::Serve;
-use edgeinferd::config::Config;
 use edgeinferd::telemetry_glue::{self, record_error, record_ok, record_prediction};
 
 struct Counting;
@@ -69,22 +70,7 @@ fn requests(n: usize, input: &TensorView<'_>, output: &OutputTensor) -> u64 {
 
 #[test]
 fn per_arm_recording_does_not_allocate_in_steady_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = format!(
-        "state_dir = \"{d}/var\"\n[server]\nunix_socket = \"{d}/s.sock\"\ntcp = \"\"\n[http]\nlisten = \"\"\n\
-         [telemetry]\nenabled = true\nmqtt_url = \"mqtt://127.0.0.1:{closed}\"\ndevice_id = \"alloc\"\n\
-         interval_s = 3600\n",
-        d = dir.path().display()
-    );
-    let cfg = Config::from_toml_str(&text).unwrap();
-    cfg.validate().unwrap();
-    let table = edgeinferd::app::load_models(&cfg.model_specs()).unwrap();
-    let _telemetry = telemetry_glue::start(&cfg, table).unwrap().expect("on");
+    let (_dir, _telemetry) = telemetry_inproc::start("alloc");
     telemetry_glue::serve_arms(
         "churn",
         &Serve::Split {
