@@ -11,7 +11,8 @@
 #     about: both sides poll the rings (server.shm.spin_us and the client's spin, 50 µs each),
 #     so a request should cost no syscall at all;
 #   - "same core": the client on the daemon's core. Neither side can run while the other
-#     spins, so both see the peer's CPU in the control page and sleep on the doorbell at once.
+#     spins, so both see the peer's CPU in the control page and sleep on the doorbell at once;
+#   - "other core, client spin 0" (`bench --shm-spin-us 0`): what the client's polling buys.
 # For each shared-memory run the daemon's and the client's syscalls, context switches and
 # CPU time per request are counted (perf stat; "n/a" where perf is not installed).
 # Raw JSON goes to $OUT (target/bench-shm); a table to stdout.
@@ -77,6 +78,9 @@ EDGEINFER_LOG=warn "$BIN/edgeinferd" --cores "$S" --driver epoll --unix-socket "
 wait_for "$DSOCK"; sleep 0.3
 bench_counted shm_cross "$C" --shm --socket "$DSOCK" --model churn --input "$ROW20"
 bench_counted shm_same "$S" --shm --socket "$DSOCK" --model churn --input "$ROW20"
+# What the client's polling buys: across cores, the client sleeping on the doorbell at once.
+bench_counted shm_cross_nospin "$C" --shm --shm-spin-us 0 --socket "$DSOCK" --model churn \
+    --input "$ROW20"
 bench unix_cross "$C" --socket "$DSOCK" --model churn --input "$ROW20"
 bench unix_same "$S" --socket "$DSOCK" --model churn --input "$ROW20"
 kill -TERM "$DPID"; wait "$DPID" || true
@@ -97,7 +101,8 @@ rows = [("echo_same", "std ping-pong 128 B, client on the server's core"),
         ("unix_same", "Unix socket, client on the daemon's core"),
         ("unix_cross", "Unix socket, client on another core"),
         ("shm_same", "shared memory, client on the daemon's core"),
-        ("shm_cross", "shared memory, client on another core (spinning)")]
+        ("shm_cross", "shared memory, client on another core (spinning)"),
+        ("shm_cross_nospin", "shared memory, other core, client spin 0")]
 for k, label in rows:
     x = r[k]
     print(f"{label:50} {x['p50_us']:8.2f} {x['p99_us']:8.2f} {x['requests']:9}")
@@ -122,10 +127,10 @@ def costs(name):
     return per("raw_syscalls"), per("context-switches"), per("task-clock", 1e3)
 
 print(f"{'per request':50} {'syscalls':>9} {'ctx sw':>8} {'CPU µs':>8}")
-for k in ("shm_cross", "shm_same"):
+for k in ("shm_cross", "shm_same", "shm_cross_nospin"):
     for side in ("daemon", "client"):
         s, c, u = costs(f"{k}.{side}")
-        print(f"  {k} {side:40} {s:>9} {c:>8} {u:>8}")
+        print(f"  {k + ' ' + side:48} {s:>9} {c:>8} {u:>8}")
 shm, eng = r["shm_cross"]["p50_us"], e["p50_us"]
 print(f"shared memory across cores p50 - in-process engine p50 = {shm - eng:+.2f} µs [target ≤ +2]")
 for k in ("echo_cross", "echo_same", "unix_cross", "unix_same"):
