@@ -16,6 +16,7 @@ are read where the server wrote them. Both sides poll first, then sleep on the d
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import socket
@@ -34,8 +35,23 @@ CONTROL_BYTES = 4096
 SHM_MAGIC = 0x4D534945
 REQ_HEAD, REQ_TAIL, RESP_HEAD, RESP_TAIL = 64 // 8, 128 // 8, 192 // 8, 256 // 8
 SERVER_SLEEPING, CLIENT_SLEEPING = 320 // 4, 384 // 4
+SERVER_CPU, CLIENT_CPU = 448 // 4, 512 // 4
 WRAP_OPCODE = 0x00
 DEFAULT_SPIN_S = 50e-6
+
+
+try:
+    _sched_getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu
+    _sched_getcpu.restype = ctypes.c_int
+    _sched_getcpu.argtypes = []
+except (OSError, AttributeError):  # not glibc/Linux: never assume a shared CPU
+    _sched_getcpu = None
+
+
+def _cpu_word() -> int:
+    """1 + the CPU this thread runs on, 0 when unknown (the control page's CPU words)."""
+    cpu = _sched_getcpu() if _sched_getcpu is not None else -1
+    return cpu + 1 if cpu >= 0 else 0
 
 
 class Answer:
@@ -82,6 +98,11 @@ class ShmClient:
         self._next_id = 1
         self._wr = 0
         self._rd = 0
+        self._req_tail = 0  # the server's request tail as last read (reloaded when full)
+        self._cpu = 0
+        # Waits for the server that slept on the doorbell, and that polled first.
+        self.doorbell_waits = 0
+        self.polled_waits = 0
         self._lent_end = None
         self.in_flight = 0
         hello = {"versions": [1], "client": CLIENT_NAME, "token": token or "",
@@ -158,16 +179,43 @@ class ShmClient:
             except BlockingIOError:
                 pass
 
+    def _shares_cpu(self) -> bool:
+        """Whether the server's session runs on this thread's CPU (then polling only keeps
+        it from running); publishes this thread's CPU for the server when it changed."""
+        mine = _cpu_word()
+        if mine != self._cpu:
+            self._cpu = mine
+            self._u32[CLIENT_CPU] = mine
+        return mine != 0 and int(self._u32[SERVER_CPU]) == mine
+
+    @property
+    def shares_server_cpu(self) -> bool:
+        """Whether this thread runs on the CPU the server's session runs on (it then never
+        polls: it sleeps on the doorbell at once)."""
+        return self._shares_cpu()
+
+    @property
+    def server_cpu(self) -> int | None:
+        """The CPU the server says this session runs on, once it said so."""
+        w = int(self._u32[SERVER_CPU])
+        return w - 1 if w else None
+
     def _wait_for(self, ready):
+        if ready():
+            return
+        spin = 0.0 if self._shares_cpu() else self._spin
+        if spin > 0:
+            self.polled_waits += 1
         t0 = time.perf_counter()
         while not ready():
-            if time.perf_counter() - t0 < self._spin:
+            if time.perf_counter() - t0 < spin:
                 continue
             self._u32[CLIENT_SLEEPING] = 1
             self._fence()
             if ready():
                 self._u32[CLIENT_SLEEPING] = 0
                 break
+            self.doorbell_waits += 1
             try:
                 b = self._bell.recv(64)
             except socket.timeout:
@@ -196,7 +244,9 @@ class ShmClient:
         else:
             start, wrap_at = self._wr + ring - at, at
         nxt = c.align64(start + n)
-        self._wait_for(lambda: nxt - int(self._u64[REQ_TAIL]) <= ring)
+        if nxt - self._req_tail > ring:
+            self._wait_for(lambda: nxt - int(self._u64[REQ_TAIL]) <= ring)
+            self._req_tail = int(self._u64[REQ_TAIL])
         return start % ring, wrap_at, nxt
 
     def _publish(self, wrap_at, nxt):

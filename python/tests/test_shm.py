@@ -5,6 +5,8 @@ own session."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,28 @@ def test_a_corrupt_header_ends_only_its_own_session(sock_path, shm):
         bad.predict("churn", inputs)
     bad.close()
     assert_matches({k: np.array(v) for k, v in shm.predict("churn", inputs).items()}, want)
+
+
+def test_a_client_on_the_servers_cpu_sleeps_instead_of_polling(sock_path):
+    """On the server's CPU the client could only keep the server from running by polling:
+    it reads where the session runs from the control page and sleeps on the doorbell at
+    once, however long its spin is set; every answer still comes."""
+    inputs, want = golden("churn_rf.1")
+    s = ShmClient(sock_path, ring_bytes=1 << 16, spin_s=3600.0)
+    before = os.sched_getaffinity(0)
+    try:
+        s.predict("churn", inputs)
+        cpu = s.server_cpu
+        assert cpu is not None, "the server says where its session runs"
+        os.sched_setaffinity(0, {cpu})
+        assert s.shares_server_cpu
+        polled = s.polled_waits
+        for _ in range(50):
+            assert_matches({k: np.array(v) for k, v in s.predict("churn", inputs).items()},
+                           want)
+        # Every wait for an answer not ready at the first look slept at once (the answers
+        # ready at once, the server having run on the doorbell's wake-up, took no wait).
+        assert s.polled_waits == polled
+    finally:
+        os.sched_setaffinity(0, before)
+        s.close()
