@@ -25,9 +25,11 @@ echo "commit $(git rev-parse --short HEAD)$(git diff --quiet -- features daemon/
 echo "redis $(redis-server --version | awk '{print $3}')"
 EDGEINFER_BENCH_REDIS="127.0.0.1:$port" cargo bench -p edgeinfer-features --bench lookup -- --bench
 echo
-# The daemon (release) with the logreg fixture, a store filled by the bench, one core.
-# EDGEINFER_BENCH_BEFORE_DAEMON=/path/to/an/older/edgeinferd runs that binary beside this
-# build's (f64 rows), interleaved: a before/after in the same run.
+# The daemon (release) with the logreg fixture, stores filled by the bench, one core: this
+# build on a key-order store and on a shuffled-order one, interleaved request by request;
+# EDGEINFER_BENCH_BEFORE_DAEMON=/path/to/an/older/edgeinferd runs that binary beside them
+# (f32 rows; EDGEINFER_BENCH_BEFORE_ROWS=f64 for one older than the f32 format): a
+# before/after in the same run. Then this build alone with server.busy_poll_us = 50.
 if [ -n "${EDGEINFER_BENCH_BEFORE_DAEMON:-}" ]; then
     echo "before daemon: $EDGEINFER_BENCH_BEFORE_DAEMON"
 fi

@@ -5,9 +5,13 @@
 //! --bench`). One connection, one request at a time, the two kinds interleaved so that drift
 //! on the VM touches both alike; the daemon serves on one core.
 //!
-//! With `EDGEINFER_BENCH_BEFORE_DAEMON=/path/to/an/older/edgeinferd`, that binary is run
-//! beside this build's, with its own store of f64 rows (what every row was before the f32
-//! format), and the two daemons' requests are interleaved too: a before/after in one run.
+//! Arms, interleaved request by request (the first of each round rotating): this build on a
+//! store written in key order (as a sorted import writes it) and on one written in a
+//! shuffled order (page splits: a bigger tree), and with
+//! `EDGEINFER_BENCH_BEFORE_DAEMON=/path/to/an/older/edgeinferd` that binary on its own
+//! sorted store (f32 rows; `EDGEINFER_BENCH_BEFORE_ROWS=f64` for binaries older than the
+//! f32 format): a before/after in one run. Then, alone (its busy core would take the
+//! shared core from the others), this build with `server.busy_poll_us = 50`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -61,11 +65,26 @@ fn next(s: &mut u64) -> u64 {
     *s
 }
 
-fn fill(dir: &Path, n: u64, dtype: FeatureDType) {
+/// In which order the bench writes the store's rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Fill {
+    /// Key order, as a sorted import writes them (appended: full leaf pages).
+    Sorted,
+    /// A fixed pseudo-random order, as updates of random entities arrive (page splits).
+    Shuffled,
+}
+
+/// Fills the store at `dir` with `n` rows; returns the bytes of the map in use.
+fn fill(dir: &Path, n: u64, dtype: FeatureDType, order: Fill) -> u64 {
     let store = FeatureStore::open(&StoreOptions::new(dir, 4 << 30, 2)).unwrap();
     Assembler::new(&store, schema(dtype)).unwrap();
     let mut batch = Vec::with_capacity(10_000);
-    for i in 0..n {
+    for k in 0..n {
+        // 7919 is prime and divides neither 10k nor 1M: k -> k * 7919 mod n is a permutation.
+        let i = match order {
+            Fill::Sorted => k,
+            Fill::Shuffled => k * 7919 % n,
+        };
         let row = FeatureRow {
             event_ts_ms: 1_700_000_000_000,
             schema_version: 1,
@@ -78,6 +97,7 @@ fn fill(dir: &Path, n: u64, dtype: FeatureDType) {
         }
     }
     store.put(&batch).unwrap();
+    store.stats().unwrap().used_bytes
 }
 
 struct Daemon(Child);
@@ -89,7 +109,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start(dir: &Path, binary: &Path, dtype: FeatureDType) -> Daemon {
+fn start(dir: &Path, binary: &Path, dtype: FeatureDType, busy_poll_us: u32) -> Daemon {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/logreg.onnx");
     let mut cfg = format!(
         "state_dir = \"{d}/var\"\n[cache]\nenabled = true\npath = \"{d}/store\"\nmax_bytes = {}\n\
@@ -105,7 +125,8 @@ fn start(dir: &Path, binary: &Path, dtype: FeatureDType) -> Daemon {
         ));
     }
     cfg.push_str(&format!(
-        "[server]\nunix_socket = \"{d}/d.sock\"\ntcp = \"\"\ncores = [1]\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        "[server]\nunix_socket = \"{d}/d.sock\"\ntcp = \"\"\ncores = [1]\nbusy_poll_us = {busy_poll_us}\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
         d = dir.display()
     ));
     let path = dir.join("edgeinferd.toml");
@@ -148,6 +169,8 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 
 /// One daemon under test: its store, its process, its connection and histograms.
 struct Arm {
+    label: String,
+    used_bytes: u64,
     _dir: tempfile::TempDir,
     _daemon: Daemon,
     sock: UnixStream,
@@ -156,12 +179,21 @@ struct Arm {
 }
 
 impl Arm {
-    fn start(n: u64, binary: &Path, dtype: FeatureDType) -> Arm {
+    fn start(
+        label: &str,
+        n: u64,
+        binary: &Path,
+        dtype: FeatureDType,
+        order: Fill,
+        busy_poll_us: u32,
+    ) -> Arm {
         let dir = tempfile::tempdir().unwrap();
-        fill(&dir.path().join("store"), n, dtype);
-        let daemon = start(dir.path(), binary, dtype);
+        let used_bytes = fill(&dir.path().join("store"), n, dtype, order);
+        let daemon = start(dir.path(), binary, dtype, busy_poll_us);
         let sock = UnixStream::connect(dir.path().join("d.sock")).unwrap();
         Arm {
+            label: label.to_owned(),
+            used_bytes,
             _dir: dir,
             _daemon: daemon,
             sock,
@@ -212,7 +244,11 @@ fn measure(n: u64, arms: &mut [Arm]) {
         } else {
             [false, true]
         };
-        for arm in arms.iter_mut() {
+        // Rotate which arm goes first too: the first request of a round follows the
+        // client's own work, the others another daemon's, and neither may favour one arm.
+        let len = arms.len();
+        for k in 0..len {
+            let arm = &mut arms[(round + k) % len];
             for by_entity in order {
                 let t0 = Instant::now();
                 if by_entity {
@@ -239,6 +275,18 @@ fn measure(n: u64, arms: &mut [Arm]) {
     }
 }
 
+fn print(n: u64, arms: &[Arm]) {
+    for arm in arms {
+        let (e50, e99, t50, t99) = arm.figures();
+        println!(
+            "| {n} | {} | {:.0} | {e50:.2} | {e99:.2} | {t50:.2} | {t99:.2} | {:.2} |",
+            arm.label,
+            arm.used_bytes as f64 / f64::from(1u32 << 20),
+            e50 - t50
+        );
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("run with --bench (cargo bench) for figures");
@@ -246,28 +294,53 @@ fn main() {
     }
     let after = Path::new(env!("CARGO_BIN_EXE_edgeinferd"));
     let before = std::env::var_os("EDGEINFER_BENCH_BEFORE_DAEMON").map(std::path::PathBuf::from);
+    // Binaries before the f32 row format (format 2) only read f64 rows.
+    let before_rows = match std::env::var("EDGEINFER_BENCH_BEFORE_ROWS").as_deref() {
+        Ok("f64") => FeatureDType::F64,
+        _ => FeatureDType::F32,
+    };
     println!(
-        "| entities | daemon | by entity p50 µs | p99 µs | by tensor p50 µs | p99 µs | added p50 µs |"
+        "| entities | daemon, store | store MiB | by entity p50 µs | p99 µs | by tensor p50 µs | p99 µs | added p50 µs |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for n in [10_000u64, 1_000_000] {
-        let mut arms = vec![Arm::start(n, after, FeatureDType::F32)];
+        // Interleaved request by request: these daemons all sleep between requests.
+        let mut arms = vec![
+            Arm::start(
+                "this build, sorted fill",
+                n,
+                after,
+                FeatureDType::F32,
+                Fill::Sorted,
+                0,
+            ),
+            Arm::start(
+                "this build, shuffled fill",
+                n,
+                after,
+                FeatureDType::F32,
+                Fill::Shuffled,
+                0,
+            ),
+        ];
         if let Some(b) = &before {
-            arms.push(Arm::start(n, b, FeatureDType::F64));
+            let label = format!("before, sorted fill, {} rows", before_rows.name());
+            arms.push(Arm::start(&label, n, b, before_rows, Fill::Sorted, 0));
         }
         measure(n, &mut arms);
-        for (k, arm) in arms.iter().enumerate() {
-            let (e50, e99, t50, t99) = arm.figures();
-            let label = if k == 0 {
-                "this build, f32 rows"
-            } else {
-                "before (EDGEINFER_BENCH_BEFORE_DAEMON), f64 rows"
-            };
-            println!(
-                "| {n} | {label} | {e50:.2} | {e99:.2} | {t50:.2} | {t99:.2} | {:.2} |",
-                e50 - t50
-            );
-        }
+        print(n, &arms);
+        drop(arms);
+        // Alone: a busy-polling core would take the shared core from the daemons above.
+        let mut busy = vec![Arm::start(
+            "this build, sorted fill, server.busy_poll_us = 50",
+            n,
+            after,
+            FeatureDType::F32,
+            Fill::Sorted,
+            50,
+        )];
+        measure(n, &mut busy);
+        print(n, &busy);
     }
     println!();
     println!("target: predict-by-entity adds ≤ 2 µs p50 at 1M entities");

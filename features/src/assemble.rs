@@ -42,26 +42,37 @@ pub struct Assembler {
     map: Vec<Option<usize>>,
     max_age_ms: Vec<Option<i64>>,
     defaults: Vec<f32>,
+    /// Model feature i is stored feature i, none has a max age: a row holding them all is
+    /// copied whole ([`RowView::extend_dense_f32`](crate::RowView::extend_dense_f32)).
+    dense: bool,
 }
 
 impl Assembler {
     /// Binds `schema` to `store` (see [`FeatureStore::bind`]).
     pub fn new(store: &FeatureStore, schema: FeatureSchema) -> Result<Assembler, FeatureError> {
         let (_, map) = store.bind(&schema)?;
-        let max_age_ms = (0..schema.fields.len())
+        let max_age_ms: Vec<_> = (0..schema.fields.len())
             .map(|i| schema.max_age_ms(i))
             .collect();
         let defaults = schema.fields.iter().map(|f| f.default as f32).collect();
+        let dense = map.iter().enumerate().all(|(i, j)| *j == Some(i))
+            && max_age_ms.iter().all(Option::is_none);
         Ok(Assembler {
             schema: Arc::new(schema),
             map,
             max_age_ms,
             defaults,
+            dense,
         })
     }
 
     pub fn schema(&self) -> &FeatureSchema {
         &self.schema
+    }
+
+    /// Whether a value can go stale: only then does assembly need the clock (`now_ms`).
+    pub fn uses_clock(&self) -> bool {
+        self.max_age_ms.iter().any(Option::is_some)
     }
 
     /// Features per row.
@@ -89,7 +100,8 @@ impl Assembler {
     }
 
     /// Assembles `keys.len()` rows into `out` (resized to rows × width) and `reports`
-    /// (one per key), reading inside `txn`. `now_ms` is the clock, injected.
+    /// (one per key), reading inside `txn`. `now_ms` is the clock, injected (unread when
+    /// no feature has a max age, [`uses_clock`](Self::uses_clock)).
     // The output buffers are the caller's so that a core reuses them across requests.
     #[allow(clippy::too_many_arguments)]
     pub fn assemble(
@@ -133,6 +145,9 @@ impl Assembler {
             };
             rep.found = true;
             rep.event_ts_ms = row.event_ts_ms;
+            if self.dense && row.extend_dense_f32(w, out) {
+                continue;
+            }
             let age = now_ms.saturating_sub(row.event_ts_ms);
             for i in 0..w {
                 let v = match self.map[i].and_then(|j| row.get(j)) {

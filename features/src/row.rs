@@ -197,6 +197,38 @@ impl<'a> RowView<'a> {
         })
     }
 
+    /// Appends values `0..n` to `out` as f32 when all of them are present, in one pass
+    /// over the stored bytes (no per-value lookups); returns false, appending nothing,
+    /// when one is absent or `n` exceeds the row. The assembler's path for a row that
+    /// holds every feature of a model whose order is the stored one.
+    pub fn extend_dense_f32(&self, n: usize, out: &mut Vec<f32>) -> bool {
+        if n > self.count {
+            return false;
+        }
+        let (full, rest) = (n / 8, n % 8);
+        let tail = (1u8 << rest) - 1;
+        if self.presence[..full].iter().any(|&b| b != 0xFF)
+            || (rest > 0 && self.presence[full] & tail != tail)
+        {
+            return false;
+        }
+        match self.values {
+            Values::F32(v) => out.extend_from_slice(&v[..n]),
+            Values::F64(v) => out.extend(v[..n].iter().map(|&x| x as f32)),
+            Values::UnalignedF32(b) => out.extend(
+                b[..n * 4]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            Values::UnalignedF64(b) => out.extend(
+                b[..n * 8]
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32),
+            ),
+        }
+        true
+    }
+
     /// Copies the row back into an owned [`FeatureRow`].
     pub fn to_row(&self) -> FeatureRow {
         FeatureRow {
@@ -219,6 +251,52 @@ mod tests {
                 .map(|i| (i % 3 != 0).then_some(i as f64 * 0.5))
                 .collect(),
         }
+    }
+
+    /// The whole-row copy gives what value-by-value reads give, in both formats, aligned
+    /// or not (offsets 0, 2, 1), and refuses a row with a value absent in its range.
+    #[test]
+    fn a_dense_copy_reads_what_get_reads() {
+        let full = FeatureRow {
+            event_ts_ms: 5,
+            schema_version: 1,
+            values: (0..70).map(|i| Some(i as f64 * 0.25 - 3.0)).collect(),
+        };
+        for format in [ROW_F32, ROW_F64] {
+            let mut enc = Vec::new();
+            full.encode_into_as(format, &mut enc);
+            let mut words = vec![0u64; enc.len() / 8 + 2];
+            let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+            for off in [0, 2, 1] {
+                buf[off..off + enc.len()].copy_from_slice(&enc);
+                let r = RowView::parse(&buf[off..off + enc.len()]).unwrap();
+                for n in [0, 1, 8, 20, 64, 65, 70] {
+                    let mut out = vec![9.0f32];
+                    assert!(
+                        r.extend_dense_f32(n, &mut out),
+                        "format {format} off {off} n {n}"
+                    );
+                    let want: Vec<f32> = std::iter::once(9.0)
+                        .chain((0..n).map(|i| r.get(i).unwrap() as f32))
+                        .collect();
+                    assert_eq!(out, want, "format {format} off {off} n {n}");
+                }
+                let mut out = Vec::new();
+                assert!(!r.extend_dense_f32(71, &mut out) && out.is_empty());
+            }
+        }
+        let mut holes = full.clone();
+        holes.values[66] = None;
+        let enc = holes.encode();
+        let r = RowView::parse(&enc).unwrap();
+        let mut out = Vec::new();
+        assert!(r.extend_dense_f32(66, &mut out) && out.len() == 66);
+        out.clear();
+        assert!(!r.extend_dense_f32(67, &mut out) && out.is_empty());
+        holes.values[3] = None;
+        let enc = holes.encode();
+        assert!(!RowView::parse(&enc).unwrap().extend_dense_f32(8, &mut out));
+        assert!(RowView::parse(&enc).unwrap().extend_dense_f32(3, &mut out));
     }
 
     /// The same bytes at an 8-aligned offset and at a 2-aligned one (what LMDB may give)

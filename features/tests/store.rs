@@ -360,3 +360,63 @@ fn an_f32_schema_stores_f32_rows_and_assembles_the_same() {
     assert_eq!(out, vec![40.5f32, 0.1f32, 0.0]);
     assert_eq!(reps[0].defaulted, vec![2]);
 }
+
+/// A model whose features are the stored ones in the stored order, with no max age, takes
+/// each full row whole (`RowView::extend_dense_f32`): the same matrix and reports as a
+/// reordered model of the same features assembling value by value, for keys of every
+/// length mod 8 (so LMDB hands back values at every alignment), a row with a value absent
+/// and a missing entity.
+#[test]
+fn whole_row_assembly_matches_assembly_by_name() {
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let with = |order: &[usize]| edgeinfer_features::FeatureSchema {
+        version: 1,
+        input: None,
+        max_age_s: 0,
+        stale: StalePolicy::Default,
+        fields: order
+            .iter()
+            .map(|&i| field(names[i], FeatureDType::F32, i as f64 + 0.5))
+            .collect(),
+    };
+    let stored: Vec<usize> = (0..names.len()).collect();
+    let reversed: Vec<usize> = stored.iter().rev().copied().collect();
+    let (_d, s) = store();
+    let dense = Assembler::new(&s, with(&stored)).unwrap();
+    let by_name = Assembler::new(&s, with(&reversed)).unwrap();
+    let keys: Vec<String> = (1..=8).map(|n| "k".repeat(n)).collect();
+    for (j, k) in keys.iter().enumerate() {
+        let mut values: Vec<Option<f64>> = (0..names.len())
+            .map(|i| Some(j as f64 * 10.0 + i as f64 * 0.25))
+            .collect();
+        if j == 3 {
+            values[4] = None;
+        }
+        put(&s, k, 7, values);
+    }
+    let mut all: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    all.push(b"absent");
+    let txn = s.read_txn().unwrap();
+    let (mut a, mut ra, mut b, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    dense
+        .assemble(&s, &txn, &all, &[], 0, &mut a, &mut ra)
+        .unwrap();
+    by_name
+        .assemble(&s, &txn, &all, &[], 0, &mut b, &mut rb)
+        .unwrap();
+    let w = names.len();
+    for row in 0..all.len() {
+        let back: Vec<f32> = b[row * w..(row + 1) * w].iter().rev().copied().collect();
+        assert_eq!(&a[row * w..(row + 1) * w], back.as_slice(), "row {row}");
+        let flip = |v: &[u32]| {
+            let mut v: Vec<u32> = v.iter().map(|&i| (w - 1) as u32 - i).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ra[row].defaulted, flip(&rb[row].defaulted), "row {row}");
+        assert_eq!(ra[row].found, rb[row].found);
+    }
+    assert_eq!(a[2 * w + 1], 20.25);
+    assert_eq!((a[3 * w + 4], ra[3].defaulted.as_slice()), (4.5, &[4][..]));
+    assert_eq!(ra[8].defaulted.len(), w);
+}

@@ -14,7 +14,7 @@
 //! [`FeatureSchema`] type), bound at start; a config schema also serves registry versions
 //! of that model whose bundle carries none.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -88,7 +88,9 @@ pub(crate) struct EntityJob {
     /// The assembled `[rows, width]` f32 matrix.
     values: Vec<f32>,
     shape: [usize; 2],
-    reports: Vec<RowReport>,
+    /// The row reports, already in their wire type (moved into the answer's message and
+    /// back when it is encoded, never copied).
+    rows: Cell<Vec<EntityRowReport>>,
     schema_version: u32,
     /// The request's entity keys, row by row: the prediction log keeps them so that a
     /// FEEDBACK can name an entity and a time (telemetry_glue::record_prediction).
@@ -113,6 +115,7 @@ impl EntityJob {
     /// The PREDICT_BY_ENTITY_RESPONSE head around `meta` (the PREDICT_RESPONSE the core
     /// filled) and this job's row reports. `meta` is moved into the message and back, not
     /// cloned: its strings and output list are the core's, reused from request to request.
+    /// The row reports are moved the same way.
     pub fn encode_head(
         &self,
         request_id: u64,
@@ -122,21 +125,12 @@ impl EntityJob {
     ) -> Result<u64, proto::ProtoError> {
         let mut msg = PredictByEntityResponse {
             prediction: Some(std::mem::take(meta)),
-            rows: self
-                .reports
-                .iter()
-                .map(|r| EntityRowReport {
-                    found: r.found,
-                    version_mismatch: r.version_mismatch,
-                    defaulted: r.defaulted.clone(),
-                    stale: r.stale.clone(),
-                    event_ts_ms: r.event_ts_ms,
-                })
-                .collect(),
+            rows: self.rows.take(),
             schema_version: self.schema_version,
         };
         let result = encode_predict_by_entity_response_head(request_id, &mut msg, outputs, out);
         *meta = msg.prediction.take().unwrap_or_default();
+        self.rows.set(msg.rows);
         result
     }
 }
@@ -614,27 +608,30 @@ fn check(
     // Assembly: in this core's held read transaction, never blocked by writers (LMDB
     // readers do not wait).
     let keys: SmallVec<[&[u8]; 8]> = req.keys.iter().map(Vec::as_slice).collect();
-    let mut job = EntityJob {
-        values: Vec::new(),
-        shape: [rows, a.width()],
-        reports: Vec::new(),
-        schema_version: schema.version,
-        keys: Vec::new(),
-    };
+    let mut values = Vec::new();
+    let mut reports = Vec::new();
+    // The wall clock only for a schema whose values can go stale.
+    let clock = if a.uses_clock() { now_ms() } else { 0 };
     with_reader(f, now, |txn| {
         a.assemble(
             &f.store,
             txn,
             &keys,
             &overrides,
-            now_ms(),
-            &mut job.values,
-            &mut job.reports,
+            clock,
+            &mut values,
+            &mut reports,
         )
     })
     .map_err(|e| fail(refusal_of(&e)))?;
     drop(keys);
-    job.keys = req.keys;
+    let job = EntityJob {
+        values,
+        shape: [rows, a.width()],
+        rows: Cell::new(reports.into_iter().map(wire_report).collect()),
+        schema_version: schema.version,
+        keys: req.keys,
+    };
     // The NaN policy is the engine's: a schema may allow NaN that the engine refuses.
     validate_inputs(info, &[job.input()], true).map_err(|e| bad(e.message))?;
     let deadline = (req.deadline_us > 0).then(|| now + Duration::from_micros(req.deadline_us));
@@ -657,6 +654,18 @@ fn check(
         deadline,
         entity: Some(Box::new(job)),
     }))
+}
+
+/// A row report in its wire type: the fields moved, nothing copied (the collect reuses the
+/// reports' allocation, the two types having one layout).
+fn wire_report(r: RowReport) -> EntityRowReport {
+    EntityRowReport {
+        found: r.found,
+        version_mismatch: r.version_mismatch,
+        defaulted: r.defaulted,
+        stale: r.stale,
+        event_ts_ms: r.event_ts_ms,
+    }
 }
 
 // === GET_FEATURES ===
