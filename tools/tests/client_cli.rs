@@ -464,6 +464,50 @@ fn bench_predicts_with_inputs_from_metadata() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNKNOWN_MODEL"));
 }
 
+#[test]
+fn bench_keeps_several_requests_outstanding_with_pipeline() {
+    let sock = protocol_server();
+    let s = sock.to_str().unwrap();
+    // Two connections on one poll(2) thread, four requests outstanding on each: every
+    // answer must match an outstanding id (the generator fails otherwise).
+    let r = run_json(&[
+        "bench",
+        "--socket",
+        s,
+        "--model",
+        "double",
+        "--concurrency",
+        "2",
+        "--threads",
+        "1",
+        "--pipeline",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.1",
+        "--json",
+    ]);
+    check_report(&r, 1.0);
+    assert_eq!(r["pipeline"].as_u64(), Some(4), "{r}");
+    // Pipelining is the poll generator's: without --threads it is refused.
+    let out = run(&[
+        "bench",
+        "--socket",
+        s,
+        "--model",
+        "double",
+        "--pipeline",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--threads"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // === HTTP ===
 
 /// A keep-alive HTTP/1.1 server answering `{"predictions": [0]}` and keeping each request body.
