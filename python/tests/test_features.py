@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import edgeinfer
-from edgeinfer import AsyncClient, Client
+from edgeinfer import AsyncClient, Client, ClientPool
 
 from conftest import REPO, Daemon
 
@@ -109,6 +109,10 @@ def test_stale_features_are_reported_and_defaulted(features_sock):
         want = vector(dict(values(4), f1=default_of(1)))
         np.testing.assert_allclose(r["probabilities"], by_tensor(c, want)["probabilities"],
                                    atol=1e-6)
+    with ClientPool(unix=features_sock, size=2, timeout=30) as pool:
+        assert pool.get_features(["stale-a"])[0]["event_ts_ms"] == old
+        assert pool.predict_by_entity("lr", ["stale-a"]).rows[0]["stale"] == [1]
+        assert pool.put_features([("pool-a", old, {"f0": 1.0})], 1)["written"] == 1
 
 
 def test_feature_refusals_are_typed_and_the_connection_stays(features_sock):
