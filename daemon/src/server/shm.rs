@@ -410,6 +410,8 @@ struct Session {
     first_token: Cell<u64>,
     /// Request-ring bytes handed back to the client (the published tail).
     released: Cell<u64>,
+    /// `released` moved since it was last published.
+    tail_dirty: Cell<bool>,
     /// Where the next answer goes (the published response head).
     wr: Cell<u64>,
     /// The client's response tail as last loaded and checked: room is taken from this
@@ -460,6 +462,7 @@ impl Session {
             lent: RefCell::new(VecDeque::new()),
             first_token: Cell::new(0),
             released: Cell::new(0),
+            tail_dirty: Cell::new(false),
             wr: Cell::new(0),
             resp_tail: Cell::new(0),
             cpu: Cell::new(0),
@@ -742,10 +745,23 @@ impl Session {
             core.recycle(r);
             wrote = true;
         }
-        if wrote {
+        // The request bytes given back since the last turn, after the answers: one fence
+        // and one doorbell check for both.
+        if self.publish_tail() || wrote {
             self.wake_client();
         }
         Ok(wrote)
+    }
+
+    /// Publishes the request tail if it moved; true if it did (the caller wakes the client).
+    fn publish_tail(&self) -> bool {
+        if !self.tail_dirty.replace(false) {
+            return false;
+        }
+        self.map
+            .u64_at(layout::OFF_REQ_TAIL)
+            .store(self.released.get(), Release);
+        true
     }
 
     async fn run(self: Rc<Self>) {
@@ -815,6 +831,9 @@ impl Session {
                     super::notify::yield_now().await;
                 }
                 continue;
+            }
+            if self.publish_tail() {
+                self.wake_client();
             }
             let sleeping = self.map.u32_at(layout::OFF_SERVER_SLEEPING);
             sleeping.store(1, Relaxed);
@@ -892,10 +911,9 @@ impl Lender for Session {
         }
         drop(lent);
         if moved {
-            self.map
-                .u64_at(layout::OFF_REQ_TAIL)
-                .store(self.released.get(), Release);
-            self.wake_client();
+            // Published by the session's next turn, after the answer it is writing: the
+            // store and its fence are off the way from a request to its answer.
+            self.tail_dirty.set(true);
         }
     }
 }
