@@ -262,9 +262,35 @@ pub fn decode_predict_with<'a>(
     body: &'a [u8],
     limits: &Limits,
 ) -> Result<PredictView<'a>, ProtoError> {
+    decode_predict_into(header, body, limits, PredictRequest::default())
+}
+
+/// [`decode_predict_with`], decoding into `spare`, a request of an earlier frame: the new
+/// request starts out as a default one, but reuses the model name's and the inputs list's
+/// capacity, so a server that hands its requests back here does not allocate those per
+/// request. The result (and every error) is the same as `decode_predict_with`'s.
+pub fn decode_predict_into<'a>(
+    header: &Header,
+    body: &'a [u8],
+    limits: &Limits,
+    spare: PredictRequest,
+) -> Result<PredictView<'a>, ProtoError> {
     expect_op(header, Opcode::Predict)?;
     let (meta, data) = split_body(header, body)?;
-    let request = PredictRequest::decode(meta)?;
+    let PredictRequest {
+        mut model,
+        mut inputs,
+        ..
+    } = spare;
+    model.clear();
+    inputs.clear();
+    let mut request = PredictRequest {
+        model,
+        inputs,
+        ..PredictRequest::default()
+    };
+    // What `Message::decode` does, from this request instead of a new default one.
+    request.merge(meta)?;
     validate_tensors(&request.inputs, data.len() as u64, limits)?;
     if request.outputs.len() as u64 > u64::from(limits.max_tensors) {
         return Err(ProtoError::TooManyTensors {

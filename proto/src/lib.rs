@@ -28,10 +28,10 @@ pub use features::{
 };
 pub use frame::{
     decode_frame, decode_frame_with, decode_message, decode_payload, decode_payload_with,
-    decode_predict, decode_predict_response, decode_predict_response_with, decode_predict_with,
-    encode_error, encode_frame_head, encode_message, encode_predict, encode_predict_response,
-    encode_predict_response_head, layout_tensors, padding, split_body, validate_tensors, Frame,
-    Payload, PredictResponseView, PredictView,
+    decode_predict, decode_predict_into, decode_predict_response, decode_predict_response_with,
+    decode_predict_with, encode_error, encode_frame_head, encode_message, encode_predict,
+    encode_predict_response, encode_predict_response_head, layout_tensors, padding, split_body,
+    validate_tensors, Frame, Payload, PredictResponseView, PredictView,
 };
 pub use header::{
     align_up, frame_layout, negotiate, peek_request_id, set_request_id, Header, Limits, Opcode,

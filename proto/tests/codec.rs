@@ -763,6 +763,39 @@ fn buffers_are_reused_not_appended() {
     }
 }
 
+proptest! {
+    /// A request decoded into a used one (a server's recycled request) is exactly the one
+    /// decoded afresh: nothing of the old one survives, errors included.
+    #[test]
+    fn decoding_into_a_used_request_equals_a_fresh_decode(
+        old in predict_request(),
+        new in predict_request(),
+        old_rank in 1usize..3,
+        new_rank in 0usize..3,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut spare = old;
+        spare.inputs = (0..old_rank).map(|i| meta("old", 1, vec![3; i + 1], 0, 12)).collect();
+        let tensors: Vec<Tensor> = (0..new_rank).map(|i| f32_tensor(&format!("n{i}"), vec![i as u64 + 1])).collect();
+        let mut req = new;
+        let mut frame = Vec::new();
+        encode_predict(9, &mut req, &views(&tensors), &mut frame).unwrap();
+        let h = Header::decode(&frame).unwrap();
+        let body = &frame[HEADER_LEN..];
+        let fresh = decode_predict_with(&h, body, &Limits::DEFAULT).unwrap();
+        let reused = decode_predict_into(&h, body, &Limits::DEFAULT, spare.clone()).unwrap();
+        prop_assert_eq!(&reused.request, &fresh.request);
+        prop_assert_eq!(reused.request, req);
+        // A truncated body: the same refusal either way.
+        let short = &body[..cut.index(body.len().max(1)).min(body.len())];
+        let short_h = Header { meta_len: h.meta_len.min(short.len() as u32), data_len: 0, ..h };
+        prop_assert_eq!(
+            decode_predict_into(&short_h, short, &Limits::DEFAULT, spare).map(|v| v.request),
+            decode_predict_with(&short_h, short, &Limits::DEFAULT).map(|v| v.request)
+        );
+    }
+}
+
 #[test]
 fn request_id_helpers() {
     let mut frame = predict_frame(&[f32_tensor("x", vec![2])]);

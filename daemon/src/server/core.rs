@@ -16,7 +16,7 @@ use edgeinfer_engine::{
     validate_inputs, Dim, ErrorKind as EngineErrorKind, Outputs, Session, TensorView,
 };
 use edgeinfer_proto::{
-    self as proto, decode_message, decode_predict_with, encode_error, encode_message,
+    self as proto, decode_message, decode_predict_into, encode_error, encode_message,
     encode_predict_response_head, negotiate, ErrorCode, Header, HealthResponse, Hello,
     HelloResponse, MetadataRequest, ModelMetadata, ModelStatus, Opcode, PredictRequest,
     PredictResponse, TensorSpecMsg,
@@ -101,6 +101,49 @@ pub(crate) struct JobParts {
     pub deadline: Option<Instant>,
     /// PREDICT_BY_ENTITY: the assembled feature input (the frame holds no tensor data).
     pub entity: Option<Box<super::entity::EntityJob>>,
+}
+
+/// Decoded PREDICT requests kept per core thread for the next frame's decode
+/// (`decode_predict_into`): the model name and the inputs list then do not allocate per
+/// request. Bounded in count, and in what each may keep, so a large request is not hoarded.
+const SPARE_REQUESTS_MAX: usize = 64;
+const SPARE_KEEP_MODEL_BYTES: usize = 256;
+const SPARE_KEEP_INPUTS: usize = 16;
+
+thread_local! {
+    static SPARE_REQUESTS: RefCell<Vec<PredictRequest>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A request to decode the next PREDICT into (a default one when none is spare).
+fn spare_request() -> PredictRequest {
+    SPARE_REQUESTS
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+impl Drop for JobParts {
+    fn drop(&mut self) {
+        let PredictRequest {
+            model, mut inputs, ..
+        } = std::mem::take(&mut self.request);
+        if model.capacity() > SPARE_KEEP_MODEL_BYTES || inputs.capacity() > SPARE_KEEP_INPUTS {
+            return;
+        }
+        // The tensors' names and shapes are freed here rather than at the next decode.
+        inputs.clear();
+        let _ = SPARE_REQUESTS.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_REQUESTS_MAX {
+                s.push(PredictRequest {
+                    model,
+                    inputs,
+                    ..PredictRequest::default()
+                });
+            }
+        });
+    }
 }
 
 /// An admitted PREDICT waiting to run: the frame bytes stay where they were read.
@@ -820,7 +863,7 @@ impl Core {
     ) -> Result<Box<JobParts>, (Refusal, Option<Arc<ModelVersion>>)> {
         let limits = &self.opts().limits;
         self.may_admit(conn).map_err(|r| (r, None))?;
-        let view = decode_predict_with(header, body, limits)
+        let view = decode_predict_into(header, body, limits, spare_request())
             .map_err(|e| (Refusal::new(e.kind(), e.to_string()), None))?;
         let req = &view.request;
         let model = self
