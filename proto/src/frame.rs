@@ -266,9 +266,9 @@ pub fn decode_predict_with<'a>(
 }
 
 /// [`decode_predict_with`], decoding into `spare`, a request of an earlier frame: the new
-/// request starts out as a default one, but reuses the model name's and the inputs list's
-/// capacity, so a server that hands its requests back here does not allocate those per
-/// request. The result (and every error) is the same as `decode_predict_with`'s.
+/// request starts out as a default one, but reuses the capacity of the model name, the
+/// inputs list and each input's name and shape, so a server that hands its requests back
+/// here does not allocate those per request. The result (and every error) is the same as `decode_predict_with`'s.
 pub fn decode_predict_into<'a>(
     header: &Header,
     body: &'a [u8],
@@ -278,19 +278,18 @@ pub fn decode_predict_into<'a>(
     expect_op(header, Opcode::Predict)?;
     let (meta, data) = split_body(header, body)?;
     let PredictRequest {
-        mut model,
-        mut inputs,
-        ..
+        mut model, inputs, ..
     } = spare;
     model.clear();
-    inputs.clear();
     let mut request = PredictRequest {
         model,
         inputs,
         ..PredictRequest::default()
     };
-    // What `Message::decode` does, from this request instead of a new default one.
-    request.merge(meta)?;
+    if merge_reusing_inputs(&mut request, meta).is_err() {
+        // Whatever the reuse did, the outcome (a refusal) is exactly `Message::decode`'s.
+        request = PredictRequest::decode(meta)?;
+    }
     validate_tensors(&request.inputs, data.len() as u64, limits)?;
     if request.outputs.len() as u64 > u64::from(limits.max_tensors) {
         return Err(ProtoError::TooManyTensors {
@@ -299,6 +298,42 @@ pub fn decode_predict_into<'a>(
         });
     }
     Ok(PredictView { request, data })
+}
+
+/// What `Message::merge` does into a default request (prost 0.14's loop), except that the
+/// inputs (field 3) are decoded into the `TensorMeta`s `request.inputs` already holds, each
+/// reset to a default one first, so their names' and shapes' capacity is reused; the
+/// entries not reached are dropped at the end. Every other field goes to prost.
+fn merge_reusing_inputs(
+    request: &mut PredictRequest,
+    mut buf: &[u8],
+) -> Result<(), prost::DecodeError> {
+    use prost::encoding::{decode_key, message, DecodeContext};
+    let ctx = DecodeContext::default();
+    let mut n = 0;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        if tag != 3 {
+            request.merge_field(tag, wire_type, &mut buf, ctx.clone())?;
+            continue;
+        }
+        if n == request.inputs.len() {
+            request.inputs.push(TensorMeta::default());
+        }
+        let m = &mut request.inputs[n];
+        let (mut name, mut shape) = (std::mem::take(&mut m.name), std::mem::take(&mut m.shape));
+        name.clear();
+        shape.clear();
+        *m = TensorMeta {
+            name,
+            shape,
+            ..TensorMeta::default()
+        };
+        n += 1;
+        message::merge(wire_type, m, &mut buf, ctx.clone())?;
+    }
+    request.inputs.truncate(n);
+    Ok(())
 }
 
 pub fn decode_predict_response<'a>(

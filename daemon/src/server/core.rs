@@ -104,8 +104,8 @@ pub(crate) struct JobParts {
 }
 
 /// Decoded PREDICT requests kept per core thread for the next frame's decode
-/// (`decode_predict_into`): the model name and the inputs list then do not allocate per
-/// request. Bounded in count, and in what each may keep, so a large request is not hoarded.
+/// (`decode_predict_into`): the model name, the inputs list and the inputs' names and
+/// shapes then do not allocate per request. Bounded in count, and in what each may keep, so a large request is not hoarded.
 const SPARE_REQUESTS_MAX: usize = 64;
 const SPARE_KEEP_MODEL_BYTES: usize = 256;
 const SPARE_KEEP_INPUTS: usize = 16;
@@ -125,14 +125,15 @@ fn spare_request() -> PredictRequest {
 
 impl Drop for JobParts {
     fn drop(&mut self) {
-        let PredictRequest {
-            model, mut inputs, ..
-        } = std::mem::take(&mut self.request);
-        if model.capacity() > SPARE_KEEP_MODEL_BYTES || inputs.capacity() > SPARE_KEEP_INPUTS {
+        let PredictRequest { model, inputs, .. } = std::mem::take(&mut self.request);
+        if model.capacity() > SPARE_KEEP_MODEL_BYTES
+            || inputs.capacity() > SPARE_KEEP_INPUTS
+            || inputs
+                .iter()
+                .any(|m| m.name.capacity() > SPARE_KEEP_MODEL_BYTES)
+        {
             return;
         }
-        // The tensors' names and shapes are freed here rather than at the next decode.
-        inputs.clear();
         let _ = SPARE_REQUESTS.try_with(|s| {
             let mut s = s.borrow_mut();
             if s.len() < SPARE_REQUESTS_MAX {
