@@ -69,7 +69,6 @@ python3 "$RUN/start.py" "$RUN" 0 3 $(daemon_args "$RUN/s.sock" "$(free_port)" "$
 HTTP_PORT=$(free_port)
 python3 "$RUN/start.py" "$RUN" 1 0 $(daemon_args "$RUN/d.sock" "$(free_port)" "$HTTP_PORT" --engine ort-cpu) > "$OUT/daemon.json"
 PIDS+=($(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$OUT/daemon.json"))
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
 
 bench() { # name, args...
     local name=$1; shift

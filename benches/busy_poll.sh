@@ -26,14 +26,6 @@ NAME=busy_poll
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-CHURN=tests/fixtures/models/churn_rf.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
-TICKS=$(getconf CLK_TCK)
-
-wait_for() { # socket path
-    for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.05; done
-    echo "busy_poll.sh: nothing listens on $1" >&2; exit 1
-}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run() { # name, client cpu, bench args...

@@ -21,3 +21,12 @@ cleanup() {
     rm -rf "$RUN"
 }
 trap cleanup EXIT
+
+# What most serving benches send: the churn model and one row of 20 features.
+CHURN=$ROOT/tests/fixtures/models/churn_rf.onnx
+ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
+TICKS=$(getconf CLK_TCK)
+wait_for() { # socket path
+    for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.05; done
+    echo "$NAME.sh: nothing listens on $1" >&2; exit 1
+}

@@ -25,9 +25,6 @@ NAME=hostile
 source benches/common.sh
 ulimit -n 16384
 
-CHURN=$ROOT/tests/fixtures/models/churn_rf.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
-
 daemon() { # extra [server] lines
     DSOCK=$RUN/d.sock
     rm -f "$DSOCK"

@@ -25,17 +25,10 @@ NAME=serve
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-CHURN=tests/fixtures/models/churn_rf.onnx
 IDENT=tests/fixtures/models/identity.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
 ROW32=$(python3 -c 'print(",".join(["0.25"]*32))')
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_for() { # socket path
-    for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.05; done
-    echo "serve.sh: nothing listens on $1" >&2; exit 1
-}
 
 bench() { # name, args...
     local name=$1; shift

@@ -27,14 +27,7 @@ NAME=shm
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-CHURN=tests/fixtures/models/churn_rf.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
 PERF=$(command -v perf || true)
-
-wait_for() { # socket path
-    for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.05; done
-    echo "shm.sh: nothing listens on $1" >&2; exit 1
-}
 
 # counted PID NAME: syscalls, context switches and CPU time (task-clock) of PID over the
 # measured seconds (started after the warm-up), into $OUT/NAME.perf; nothing without perf.

@@ -30,14 +30,6 @@ else
     source benches/common.sh
 fi
 
-CHURN=tests/fixtures/models/churn_rf.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
-TICKS=$(getconf CLK_TCK)
-wait_for() { # socket path
-    for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.05; done
-    echo "socket_ab.sh: nothing listens on $1" >&2; exit 1
-}
-
 ESOCK=$RUN/echo.sock
 taskset -c "$PIN" "$BIN/edgeinfer" echo-server --socket "$ESOCK" > /dev/null & PIDS+=($!)
 wait_for "$ESOCK"

@@ -27,14 +27,6 @@ if ! command -v strace > /dev/null || ! command -v perf > /dev/null; then
     apt-get update -qq && apt-get install -y -qq strace linux-perf > /dev/null
 fi
 
-CHURN=tests/fixtures/models/churn_rf.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
-
-wait_for() { # socket path
-    for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.05; done
-    echo "syscalls.sh: nothing listens on $1" >&2; exit 1
-}
-
 bench() { # json file, seconds, warm-up seconds
     taskset -c "$PIN" "$BIN/edgeinfer" bench --json --duration "$2" --warmup "$3" \
         --socket "$DSOCK" --model churn --input "$ROW20" > "$1"

@@ -41,7 +41,6 @@ MOSQUITTO=${EDGEINFER_TEST_MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/m
 command -v taskset >/dev/null || { echo "telemetry.sh: taskset (util-linux) is required" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
 
 MPORT=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nlog_dest none\nmax_queued_messages 0\n' "$MPORT" > "$RUN/mosquitto.conf"

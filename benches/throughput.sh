@@ -18,10 +18,6 @@ NAME=throughput
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-CHURN=tests/fixtures/models/churn_rf.onnx
-ROW20=$(python3 -c 'print(",".join(["0.5"]*20))')
-TICKS=$(getconf CLK_TCK)
-
 run() { # label, daemon flags (one word or ""), bench flags...
     local label=$1 dx=$2; shift 2
     local sock=$RUN/d.sock t0 t1 s0 s1
