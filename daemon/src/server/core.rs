@@ -105,9 +105,11 @@ pub(crate) struct JobParts {
 
 /// Decoded PREDICT requests kept per core thread for the next frame's decode
 /// (`decode_predict_into`): the model name, the inputs list and the inputs' names and
-/// shapes then do not allocate per request. Bounded in count, and in what each may keep, so a large request is not hoarded.
+/// shapes then do not allocate per request. Bounded in count, and in what each may keep
+/// (a model or input name up to 256 bytes, up to 16 inputs), so a large request is not
+/// hoarded.
 const SPARE_REQUESTS_MAX: usize = 64;
-const SPARE_KEEP_MODEL_BYTES: usize = 256;
+const SPARE_KEEP_NAME_BYTES: usize = 256;
 const SPARE_KEEP_INPUTS: usize = 16;
 
 thread_local! {
@@ -126,11 +128,11 @@ fn spare_request() -> PredictRequest {
 impl Drop for JobParts {
     fn drop(&mut self) {
         let PredictRequest { model, inputs, .. } = std::mem::take(&mut self.request);
-        if model.capacity() > SPARE_KEEP_MODEL_BYTES
+        if model.capacity() > SPARE_KEEP_NAME_BYTES
             || inputs.capacity() > SPARE_KEEP_INPUTS
             || inputs
                 .iter()
-                .any(|m| m.name.capacity() > SPARE_KEEP_MODEL_BYTES)
+                .any(|m| m.name.capacity() > SPARE_KEEP_NAME_BYTES)
         {
             return;
         }
